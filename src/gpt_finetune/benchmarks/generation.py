@@ -1,0 +1,97 @@
+"""Generation speed: the book's one-prompt full-recompute loop vs. batched decoding with a KV cache.
+
+    python -m gpt_finetune.benchmarks.generation [--size gpt2-small] [--prompts 32] [--new-tokens 256]
+
+Random weights, end-of-text disabled so every response has exactly `--new-tokens` tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from gpt_finetune.data.prompts import format_prompt
+from gpt_finetune.model import GPT, GPTConfig
+from gpt_finetune.tokenizer import gpt2_tokenizer
+
+BOOK_DATA = Path("../shared/data/instruction-data.json")
+
+
+@torch.no_grad()
+def book_generate(model: GPT, prompt: list[int], max_new_tokens: int, eos_id: int | None = None) -> list[int]:
+    """The book's `generate`: one prompt, the whole (cropped) context re-encoded for every new token."""
+    idx = torch.tensor([prompt])
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        token = int(model(idx[:, -model.config.context_length :])[:, -1].argmax(-1))
+        new.append(token)
+        if token == eos_id:
+            break
+        idx = torch.cat([idx, torch.tensor([[token]])], dim=1)
+    return new
+
+
+def load_prompts(path: Path | None, n: int) -> list[list[int]]:
+    """The first `n` Alpaca prompts of the book's data (or the bundled sample), tokenised."""
+    if path is not None and path.is_file():
+        records = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        sample = resources.files("gpt_finetune.data") / "sample_instructions.json"
+        records = json.loads(sample.read_text(encoding="utf-8"))
+    tok = gpt2_tokenizer()
+    return [tok.encode(format_prompt(r)) for r in records[:n]]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="gpt2-small")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--reference-prompts", type=int, default=4, help="prompts timed with the book's loop")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--data", type=Path, default=BOOK_DATA)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_size(args.size)).eval()
+    prompts = load_prompts(args.data, args.prompts)
+    lengths = [len(p) for p in prompts]
+    print(f"{args.size}, random weights, {torch.get_num_threads()} CPU threads, {len(prompts)} prompts "
+          f"({min(lengths)}-{max(lengths)} tokens) x {args.new_tokens} new tokens")
+
+    start = time.perf_counter()
+    ours = model.generate(prompts, max_new_tokens=args.new_tokens, eos_id=None, batch_size=args.batch_size)
+    ours_s = time.perf_counter() - start
+
+    reference = prompts[: args.reference_prompts]
+    start = time.perf_counter()
+    book = [book_generate(model, p, args.new_tokens) for p in reference]
+    book_s = time.perf_counter() - start
+
+    same = sum(a == b for a, b in zip(book, ours, strict=False))
+    book_per, ours_per = book_s / len(reference), ours_s / len(prompts)
+    print()
+    print("| method | prompts timed | total s | s / response | new tokens/s |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| book: one prompt at a time, full recompute | {len(reference)} | {book_s:.1f} | {book_per:.2f} "
+          f"| {len(reference) * args.new_tokens / book_s:.0f} |")
+    print(f"| ours: batch {args.batch_size}, KV cache | {len(prompts)} | {ours_s:.1f} | {ours_per:.3f} "
+          f"| {len(prompts) * args.new_tokens / ours_s:.0f} |")
+    print()
+    print(f"speed-up per response: {book_per / ours_per:.1f}x; greedy outputs identical on "
+          f"{same}/{len(reference)} timed prompts; peak RSS {peak_rss_gib():.2f} GiB")
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+if __name__ == "__main__":
+    main()

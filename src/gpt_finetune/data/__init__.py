@@ -1,0 +1,1 @@
+"""Instruction and classification data: prompt styles, readers, collation, DataModules."""
