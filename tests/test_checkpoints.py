@@ -46,7 +46,7 @@ def test_unknown_size_lists_the_valid_ones() -> None:
 
 
 def test_missing_files(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="no model.safetensors") as error:
+    with pytest.raises(UserError, match=r"no model\.safetensors") as error:
         GPT.from_pretrained(tmp_path)
     one_line(error)
     with pytest.raises(UserError, match="no such file"):
@@ -55,7 +55,7 @@ def test_missing_files(tmp_path: Path) -> None:
 
 def test_pickles_are_refused(tmp_path: Path, tiny_model: GPT) -> None:
     torch.save(tiny_model.state_dict(), tmp_path / "model.bin")
-    with pytest.raises(UserError, match="only .safetensors"):
+    with pytest.raises(UserError, match=r"only \.safetensors"):
         GPT.from_pretrained(tmp_path / "model.bin")
 
 
@@ -74,7 +74,7 @@ def test_missing_tensor_is_named(tiny_model: GPT, tmp_path: Path) -> None:
     tensors = load_file(tmp_path / "out" / "model.safetensors")
     del tensors["transformer.ln_f.bias"]
     save_file(tensors, tmp_path / "out" / "model.safetensors")
-    with pytest.raises(UserError, match="missing tensor 'transformer.ln_f.bias'"):
+    with pytest.raises(UserError, match=r"missing tensor 'transformer\.ln_f\.bias'"):
         GPT.from_pretrained(tmp_path / "out")
 
 
@@ -93,8 +93,9 @@ else:
 
 def run_hub(name: str, hf_home: Path) -> str:
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", HUB_SNIPPET, name], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", HUB_SNIPPET, name], env=env, capture_output=True, text=True, timeout=120
+    )
     return done.stdout.strip()
 
 

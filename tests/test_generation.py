@@ -25,8 +25,10 @@ def book_generate(model: GPT, prompt: list[int], max_new_tokens: int, eos_id: in
 
 def random_prompts(n: int, seed: int = 0) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 50257, (int(torch.randint(1, 20, (1,), generator=g)),), generator=g).tolist()
-            for _ in range(n)]
+    return [
+        torch.randint(0, 50257, (int(torch.randint(1, 20, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(n)
+    ]
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny_model: GPT) -> None:
@@ -68,15 +70,20 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy(tiny_model: GPT) -> None:
     c = tiny_model.generate(prompts, max_new_tokens=8, temperature=1.5, top_k=50, seed=8, eos_id=None)
     assert a == b and a != c
     greedy = tiny_model.generate(prompts, max_new_tokens=8, eos_id=None)
-    assert tiny_model.generate(prompts, max_new_tokens=8, temperature=1.0, top_k=1, seed=0, eos_id=None) == greedy
+    assert (
+        tiny_model.generate(prompts, max_new_tokens=8, temperature=1.0, top_k=1, seed=0, eos_id=None)
+        == greedy
+    )
 
 
 def test_top_k_restricts_samples_to_the_k_most_likely(tiny_model: GPT) -> None:
     prompt = [[1, 2, 3]]
     with torch.no_grad():
         top = set(torch.topk(tiny_model(torch.tensor(prompt))[0, -1], 3).indices.tolist())
-    firsts = {tiny_model.generate(prompt, max_new_tokens=1, temperature=5.0, top_k=3, seed=s, eos_id=None)[0][0]
-              for s in range(30)}
+    firsts = {
+        tiny_model.generate(prompt, max_new_tokens=1, temperature=5.0, top_k=3, seed=s, eos_id=None)[0][0]
+        for s in range(30)
+    }
     assert firsts <= top and len(firsts) > 1
 
 

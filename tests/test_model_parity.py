@@ -51,8 +51,12 @@ def test_greedy_generation_matches_transformers(shape: str, tmp_path) -> None:
     ours = model.generate(prompt, max_new_tokens=20, eos_id=None)[0]
     with torch.no_grad():
         theirs = hf.generate(
-            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=20, min_new_tokens=20,
-            do_sample=False, pad_token_id=50256,
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=20,
+            min_new_tokens=20,
+            do_sample=False,
+            pad_token_id=50256,
         )[0, 7:].tolist()
     assert ours == theirs
 
@@ -64,7 +68,9 @@ def test_transformers_checkpoint_loads_both_key_layouts(tmp_path) -> None:
     hf = transformers.GPT2LMHeadModel(hf_config).eval()
     hf.save_pretrained(tmp_path / "hf")
     ours = GPT.from_pretrained(tmp_path / "hf").eval()
-    bare = {k.removeprefix("transformer."): v for k, v in load_file(tmp_path / "hf" / "model.safetensors").items()}
+    bare = {
+        k.removeprefix("transformer."): v for k, v in load_file(tmp_path / "hf" / "model.safetensors").items()
+    }
     save_file(bare, tmp_path / "bare.safetensors")
     from_bare = GPT.from_pretrained(tmp_path / "bare.safetensors").eval()
     ids = torch.randint(0, 50257, (1, 16))

@@ -55,6 +55,6 @@ def test_hash_mismatch_and_missing_file_are_one_line_errors(tmp_path) -> None:
         shutil.copy(source, files[name])
     verify(files)  # intact copies pass
     files["vocab.bpe"].write_text("#version: 0.2\n")
-    with pytest.raises(UserError, match="SHA-256 .* is not GPT-2's") as error:
+    with pytest.raises(UserError, match=r"SHA-256 .* is not GPT-2's") as error:
         verify(files)
     assert "\n" not in str(error.value)

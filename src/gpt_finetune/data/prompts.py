@@ -7,7 +7,8 @@ from collections.abc import Callable, Mapping
 from gpt_finetune.errors import UserError
 
 ALPACA_PREAMBLE = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
 )
 
 

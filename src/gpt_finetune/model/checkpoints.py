@@ -66,7 +66,9 @@ def copy_weights(model: GPT, tensors: dict[str, torch.Tensor], source: str) -> N
                 tensor = tensor.t()
             if name == "lm_head.weight" and model.config.tie_embeddings:
                 if not torch.equal(tensor, tensors.get("transformer.wte.weight", tensors.get("wte.weight"))):
-                    raise UserError(f"{source}: lm_head.weight differs from wte; load with tie_embeddings=false")
+                    raise UserError(
+                        f"{source}: lm_head.weight differs from wte; load with tie_embeddings=false"
+                    )
                 continue
             ours[name].copy_(tensor)
             loaded.add(name)
@@ -141,7 +143,9 @@ def _config_from_shapes(weights: Path) -> GPTConfig:
     layers = 1 + max(int(m.group(1)) for k in keys if (m := re.match(r"(?:transformer\.)?h\.(\d+)\.", k)))
     heads = {width: n_heads for _, n_heads, width in SIZES.values()}.get(emb)
     if heads is None:
-        raise UserError(f"{weights}: cannot infer the number of heads for width {emb}; add a config.json beside it")
+        raise UserError(
+            f"{weights}: cannot infer the number of heads for width {emb}; add a config.json beside it"
+        )
     return GPTConfig(vocab_size=vocab, context_length=context, emb_dim=emb, n_layers=layers, n_heads=heads)
 
 

@@ -54,7 +54,14 @@ def generate(
         for start in range(0, len(order), chunk):
             index = order[start : start + chunk]
             new = _generate_batch(
-                model, [rows[i] for i in index], max_new_tokens, temperature, top_k, eos_id, generator, use_cache
+                model,
+                [rows[i] for i in index],
+                max_new_tokens,
+                temperature,
+                top_k,
+                eos_id,
+                generator,
+                use_cache,
             )
             for i, tokens in zip(index, new, strict=True):
                 outputs[i] = tokens
@@ -91,7 +98,13 @@ def _generate_batch(
         head_dim = model.config.emb_dim // model.config.n_heads
         dtype = next(model.parameters()).dtype
         cache = KVCache(
-            model.config.n_layers, len(rows), model.config.n_heads, capacity, head_dim, device=device, dtype=dtype
+            model.config.n_layers,
+            len(rows),
+            model.config.n_heads,
+            capacity,
+            head_dim,
+            device=device,
+            dtype=dtype,
         )
     finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
     generated: list[torch.Tensor] = []
@@ -126,7 +139,7 @@ def _generate_batch(
 
 
 def _padded_causal_mask(valid: torch.Tensor) -> torch.Tensor:
-    """(B, 1, T, T) boolean: causal, only real keys; each position also sees itself so pad rows stay finite."""
+    """(B, 1, T, T) boolean: causal over real keys; each position also sees itself (pad rows stay finite)."""
     T = valid.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
     eye = torch.eye(T, dtype=torch.bool, device=valid.device)

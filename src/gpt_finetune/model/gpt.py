@@ -130,7 +130,7 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Final-norm hidden states (B, T, emb_dim); the mask is boolean, True where attention is allowed."""
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         if position_ids is None:
             start = cache.length if cache is not None else 0
             if start + T > self.config.context_length:
@@ -160,7 +160,7 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **overrides: Any) -> GPT:
-        """Load Hub weights (`gpt2-medium`, `openai-community/gpt2`, ...), a directory or a .safetensors file."""
+        """Load Hub weights (`gpt2-medium`, `openai-community/gpt2`...), a directory or .safetensors file."""
         from gpt_finetune.model.checkpoints import load_pretrained
 
         return load_pretrained(name_or_path, **overrides)

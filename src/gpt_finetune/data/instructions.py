@@ -1,0 +1,100 @@
+"""Instruction records: read a JSON array or JSONL file (local or URL), validate every record, split."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from gpt_finetune.data.download import fetch, is_url
+from gpt_finetune.errors import UserError
+
+Record = dict[str, str]
+REQUIRED = ("instruction", "output")
+
+
+def load_records(source: str | Path, cache_dir: str | Path | None = None) -> list[Record]:
+    """Validated `{"instruction", "input", "output"}` records from a path or an http(s) URL."""
+    path = fetch(str(source), cache_dir) if is_url(str(source)) else Path(source).expanduser()
+    if not path.is_file():
+        raise UserError(
+            f"{source}: no such file; set data.path to a JSON or JSONL file of instruction records"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{source}: not UTF-8 text (byte {error.start}); re-save the file as UTF-8") from None
+    raw = parse_records(text, str(source))
+    if not raw:
+        raise UserError(f"{source}: no records; the file must hold at least one instruction record")
+    return [validate_record(item, where, str(source)) for item, where in raw]
+
+
+def parse_records(text: str, source: str) -> list[tuple[Any, str]]:
+    """(item, "record N" / "line N") pairs from a JSON array or from JSON lines."""
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UserError(
+                f"{source}: invalid JSON at line {error.lineno} column {error.colno} ({error.msg}); "
+                "fix the file"
+            ) from None
+        return [(item, f"record {i}") for i, item in enumerate(items)]
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            pairs.append((json.loads(line), f"line {number}"))
+        except json.JSONDecodeError as error:
+            raise UserError(
+                f"{source}: line {number} is not valid JSON ({error.msg}, column {error.colno}); "
+                "use a JSON array or one JSON object per line"
+            ) from None
+    return pairs
+
+
+def validate_record(item: Any, where: str, source: str) -> Record:
+    """The record with `input` defaulting to ""; a one-line error names the record and the bad field."""
+    if not isinstance(item, dict):
+        raise UserError(
+            f"{source}: {where} is a {type(item).__name__}, not an object with instruction/output"
+        )
+    for field in (*REQUIRED, "input"):
+        value = item.get(field, "" if field == "input" else None)
+        if value is None and field in REQUIRED:
+            raise UserError(
+                f"{source}: {where} has no {field!r} field; every record needs instruction and output"
+            )
+        if not isinstance(value, str):
+            raise UserError(
+                f"{source}: {where} field {field!r} is a {type(value).__name__}, not a string; "
+                "make it a string"
+            )
+    return {"instruction": item["instruction"], "input": item.get("input") or "", "output": item["output"]}
+
+
+def split_records(
+    records: list[Record], train: float = 0.85, test: float = 0.10, shuffle: bool = False, seed: int = 123
+) -> dict[str, list[Record]]:
+    """The book's split: first `train`, then `test`, the rest validation (1100 -> 935 / 110 / 55)."""
+    if not (0 < train < 1 and 0 <= test < 1 and train + test < 1):
+        raise UserError(f"data.split train={train} test={test} must be in (0, 1) and sum below 1")
+    order = list(records)
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    n_train, n_test = int(len(order) * train), int(len(order) * test)
+    splits = {
+        "train": order[:n_train],
+        "test": order[n_train : n_train + n_test],
+        "val": order[n_train + n_test :],
+    }
+    for name, part in splits.items():
+        if not part:
+            raise UserError(
+                f"data: the {name} split is empty ({len(records)} records with train={train} test={test}); "
+                "add records or change data.train_fraction / data.test_fraction"
+            )
+    return splits

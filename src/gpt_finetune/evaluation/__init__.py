@@ -1,0 +1,1 @@
+"""Generated responses, reports and judges."""

@@ -1,0 +1,1 @@
+"""LightningModules: instruction tuning and classification."""

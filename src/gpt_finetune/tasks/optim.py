@@ -1,0 +1,47 @@
+"""AdamW with the book's or nanoGPT's weight-decay choice, and optional warmup + cosine decay."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+DecayOn = Literal["all", "matrices"]
+
+
+def adamw(
+    module: nn.Module,
+    lr: float,
+    weight_decay: float,
+    decay_on: DecayOn = "all",
+    betas: tuple[float, float] = (0.9, 0.999),
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
+    """AdamW over trainable parameters; `decay_on="all"` is the book, `"matrices"` skips biases and norms."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if decay_on == "matrices":
+        groups: list[dict[str, Any]] = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+    else:
+        groups = [{"params": params, "weight_decay": weight_decay}]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, cosine: bool, min_lr_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over `warmup_steps`, then constant, or cosine down to `min_lr_ratio` at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if not cosine:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

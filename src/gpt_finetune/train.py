@@ -1,0 +1,126 @@
+"""`run(cfg)`: seed, instantiate, fit, test with the best checkpoint, write the run's artifacts."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from gpt_finetune.artifacts import write_json, write_text
+from gpt_finetune.errors import UserError
+from gpt_finetune.evaluation.responses import generate_responses
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64")
+
+
+def bundled_path(name: str) -> str:
+    """Absolute path of a data file shipped inside the package (`${bundled:sample_instructions.json}`)."""
+    path = resources.files("gpt_finetune.data") / name
+    if not path.is_file():
+        raise UserError(f"no bundled data file {name!r} in gpt_finetune/data")
+    return str(path)
+
+
+if not OmegaConf.has_resolver("bundled"):
+    OmegaConf.register_new_resolver("bundled", bundled_path)
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Entry point for `train.py`: `run`, with user errors as one line on stderr and exit code 2."""
+    try:
+        return run(cfg)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train and test one configuration; returns the monitored metric (for sweepers)."""
+    started = time.perf_counter()
+    check_config(cfg)
+    out = Path(cfg.output_dir)
+    write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    task = instantiate(cfg.task, _convert_="all")
+    check_fits(cfg, task)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    best_score = (
+        float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None
+    )
+
+    test_metrics = trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)[0]
+    metrics: dict[str, Any] = {
+        **fit_metrics,
+        f"best_{cfg.monitor}": best_score,
+        **test_metrics,
+        "best_checkpoint": best,
+        "global_step": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "records": {name: len(part) for name, part in datamodule.splits.items()},
+    }
+    if cfg.generate.enabled and trainer.is_global_zero:
+        records = datamodule.splits["test"]
+        log.info("generating %d test responses with the best weights", len(records))
+        gen_started = time.perf_counter()
+        responses = generate_responses(
+            task.model,
+            records,
+            task.hparams.prompt_style,
+            max_new_tokens=cfg.generate.max_new_tokens,
+            batch_size=cfg.generate.batch_size,
+            temperature=cfg.generate.temperature,
+            top_k=cfg.generate.top_k,
+            seed=cfg.seed,
+        )
+        write_json(out / "test_responses.json", responses)
+        metrics["test/generation_s"] = time.perf_counter() - gen_started
+        metrics["test/stopped_fraction"] = sum(r["stopped"] for r in responses) / max(1, len(responses))
+    metrics["seconds"] = time.perf_counter() - started
+    if trainer.is_global_zero:
+        write_json(out / "metrics.json", metrics)
+        log.info("wrote %s", out / "metrics.json")
+    return best_score
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail before any work on settings that cannot run; all problems in one line."""
+    problems = []
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        problems.append(f"trainer.precision={precision} is not one of {', '.join(PRECISIONS)}")
+    if cfg.data.get("batch_size", 1) < 1:
+        problems.append(f"data.batch_size={cfg.data.batch_size} must be >= 1")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def check_fits(cfg: DictConfig, task: L.LightningModule) -> None:
+    """The data's max_length must fit the model's context window."""
+    context = task.model.config.context_length
+    max_length = cfg.data.get("max_length")
+    if max_length is not None and max_length > context:
+        raise UserError(
+            f"data.max_length={max_length} exceeds model context {context}; lower data.max_length"
+        )
+    if cfg.generate.enabled and cfg.generate.max_new_tokens >= context:
+        raise UserError(
+            f"generate.max_new_tokens={cfg.generate.max_new_tokens} must be below the model context {context}"
+        )

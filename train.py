@@ -1,0 +1,15 @@
+"""Fine-tune GPT-2: `python train.py [experiment=quickstart] [model=gpt2-medium] [key=value ...]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+from gpt_finetune.train import main as run_main
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run_main(cfg)
+
+
+if __name__ == "__main__":
+    main()
