@@ -16,7 +16,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_finetune.artifacts import write_json, write_text
 from gpt_finetune.errors import UserError
-from gpt_finetune.evaluation.responses import generate_responses
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64")
@@ -66,7 +65,9 @@ def run(cfg: DictConfig) -> float | None:
         float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None
     )
 
-    test_metrics = trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)[0]
+    # Testing restores the best weights; callbacks write the task's test artifacts (responses, predictions).
+    trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
+    test_metrics = {k: v.tolist() for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     metrics: dict[str, Any] = {
         **fit_metrics,
         f"best_{cfg.monitor}": best_score,
@@ -75,25 +76,8 @@ def run(cfg: DictConfig) -> float | None:
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
         "records": {name: len(part) for name, part in datamodule.splits.items()},
+        "seconds": time.perf_counter() - started,
     }
-    if cfg.generate.enabled and trainer.is_global_zero:
-        records = datamodule.splits["test"]
-        log.info("generating %d test responses with the best weights", len(records))
-        gen_started = time.perf_counter()
-        responses = generate_responses(
-            task.model,
-            records,
-            task.hparams.prompt_style,
-            max_new_tokens=cfg.generate.max_new_tokens,
-            batch_size=cfg.generate.batch_size,
-            temperature=cfg.generate.temperature,
-            top_k=cfg.generate.top_k,
-            seed=cfg.seed,
-        )
-        write_json(out / "test_responses.json", responses)
-        metrics["test/generation_s"] = time.perf_counter() - gen_started
-        metrics["test/stopped_fraction"] = sum(r["stopped"] for r in responses) / max(1, len(responses))
-    metrics["seconds"] = time.perf_counter() - started
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
         log.info("wrote %s", out / "metrics.json")
@@ -119,8 +103,4 @@ def check_fits(cfg: DictConfig, task: L.LightningModule) -> None:
     if max_length is not None and max_length > context:
         raise UserError(
             f"data.max_length={max_length} exceeds model context {context}; lower data.max_length"
-        )
-    if cfg.generate.enabled and cfg.generate.max_new_tokens >= context:
-        raise UserError(
-            f"generate.max_new_tokens={cfg.generate.max_new_tokens} must be below the model context {context}"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -40,8 +41,13 @@ def fetch(url: str, cache_dir: str | Path | None = None, timeout: float = 30.0) 
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, atomic_path(path) as tmp:
             tmp.write_bytes(response.read())
-    except (urllib.error.URLError, OSError, TimeoutError) as error:
-        reason = getattr(error, "reason", None) or error
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        # URLError, HTTPError, timeouts and refused connections are OSErrors; a body cut short is an
+        # HTTPException (IncompleteRead); a malformed host or port is a ValueError (InvalidURL).
+        if isinstance(error, urllib.error.HTTPError):
+            reason = f"HTTP {error.code} {error.reason}"
+        else:
+            reason = getattr(error, "reason", None) or error
         raise UserError(
             f"{url}: cannot download ({reason}) and no cached copy at {path}; "
             "check the network or pass a local file (data.path=FILE)"

@@ -12,6 +12,7 @@ from gpt_finetune.errors import UserError
 
 Record = dict[str, str]
 REQUIRED = ("instruction", "output")
+FIELDS = ("instruction", "input", "output")
 
 
 def load_records(source: str | Path, cache_dir: str | Path | None = None) -> list[Record]:
@@ -22,12 +23,12 @@ def load_records(source: str | Path, cache_dir: str | Path | None = None) -> lis
             f"{source}: no such file; set data.path to a JSON or JSONL file of instruction records"
         )
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a leading byte-order mark is not JSON
     except UnicodeDecodeError as error:
         raise UserError(f"{source}: not UTF-8 text (byte {error.start}); re-save the file as UTF-8") from None
     raw = parse_records(text, str(source))
     if not raw:
-        raise UserError(f"{source}: no records; the file must hold at least one instruction record")
+        raise UserError(f'{source}: no records; add at least one {{"instruction", "input", "output"}} record')
     return [validate_record(item, where, str(source)) for item, where in raw]
 
 
@@ -57,23 +58,24 @@ def parse_records(text: str, source: str) -> list[tuple[Any, str]]:
 
 
 def validate_record(item: Any, where: str, source: str) -> Record:
-    """The record with `input` defaulting to ""; a one-line error names the record and the bad field."""
+    """The record with a missing or null `input` as ""; a one-line error names the record and the field."""
     if not isinstance(item, dict):
         raise UserError(
-            f"{source}: {where} is a {type(item).__name__}, not an object with instruction/output"
+            f"{source}: {where} is a {type(item).__name__}, not an object; "
+            'write each record as {"instruction": ..., "input": ..., "output": ...}'
         )
-    for field in (*REQUIRED, "input"):
-        value = item.get(field, "" if field == "input" else None)
-        if value is None and field in REQUIRED:
+    record = {"input": "", **{field: item[field] for field in FIELDS if field in item}}
+    if record["input"] is None:
+        record["input"] = ""
+    for field in FIELDS:
+        if field not in record:
             raise UserError(
                 f"{source}: {where} has no {field!r} field; every record needs instruction and output"
             )
-        if not isinstance(value, str):
-            raise UserError(
-                f"{source}: {where} field {field!r} is a {type(value).__name__}, not a string; "
-                "make it a string"
-            )
-    return {"instruction": item["instruction"], "input": item.get("input") or "", "output": item["output"]}
+        if not isinstance(record[field], str):
+            kind = "null" if record[field] is None else f"a {type(record[field]).__name__}"
+            raise UserError(f"{source}: {where} field {field!r} is {kind}, not a string; make it a string")
+    return {field: record[field] for field in FIELDS}
 
 
 def split_records(
@@ -81,7 +83,9 @@ def split_records(
 ) -> dict[str, list[Record]]:
     """The book's split: first `train`, then `test`, the rest validation (1100 -> 935 / 110 / 55)."""
     if not (0 < train < 1 and 0 <= test < 1 and train + test < 1):
-        raise UserError(f"data.split train={train} test={test} must be in (0, 1) and sum below 1")
+        raise UserError(
+            f"data.train_fraction={train} and data.test_fraction={test} must lie in (0, 1) and sum below 1"
+        )
     order = list(records)
     if shuffle:
         random.Random(seed).shuffle(order)

@@ -1,0 +1,54 @@
+"""`python train.py experiment=quickstart` end to end, offline, with every artifact a run promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quickstart_writes_every_artifact(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "experiment=quickstart",
+            "trainer.max_epochs=3",
+            "generate.max_new_tokens=16",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    config = (run_dir / "config.yaml").read_text()
+    assert "size: tiny" in config and "${" not in config  # resolved
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "last.ckpt"
+    assert any(p.name.startswith("best-") for p in (run_dir / "checkpoints").iterdir())
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["prompt_style"] == "alpaca"
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("train/loss", "best_val/loss", "test/loss", "test/ppl"):
+        assert isinstance(metrics[key], float)
+    assert metrics["records"] == {"train": 102, "test": 12, "val": 6}
+
+    responses = json.loads((run_dir / "test_responses.json").read_text())
+    assert len(responses) == 12
+    assert {"instruction", "input", "output", "model_response"} <= set(responses[0])
+
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert {"train/loss", "val/loss", "val/ppl"} <= set(events.Tags()["scalars"])
+    assert any(tag.startswith("val_samples/") for tag in events.Tags()["tensors"])
