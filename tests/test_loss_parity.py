@@ -32,6 +32,9 @@ def test_training_step_loss_matches_transformers(
     inputs = torch.cat([batch["input_ids"], batch["targets"][:, -1:].clamp(min=0)], dim=1)
     labels = torch.cat([torch.full_like(batch["targets"][:, :1], -100), batch["targets"]], dim=1)
     with torch.no_grad():
-        ours = task.training_step(batch, 0)
+        loss_sum, count = task.loss_fn(
+            task.model, batch["input_ids"], batch["targets"], head_on_targets_only=head_on_targets_only
+        )
+        ours = loss_sum / count
         theirs = hf(inputs, labels=labels).loss
     assert abs(ours.item() - theirs.item()) <= 1e-5

@@ -13,7 +13,7 @@ from gpt_finetune.data.collate import collate_instructions
 from gpt_finetune.data.download import fetch, is_url
 from gpt_finetune.data.instructions import Record, load_records, split_records
 from gpt_finetune.data.prompts import format_prompt, prompt_style
-from gpt_finetune.data.sampling import LengthGroupedSampler
+from gpt_finetune.data.sampling import training_sampler
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class InstructionDataModule(L.LightningDataModule):
         max_length: int | None = 1024,
         mask_prompt: bool = False,
         group_by_length: bool = False,
+        shuffle: bool = True,
         drop_last: bool = True,
         num_workers: int = 0,
         cache_dir: str | None = None,
@@ -98,12 +99,15 @@ class InstructionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         h, dataset = self.hparams, self.datasets["train"]
-        sampler = None
-        if h.group_by_length:
-            sampler = LengthGroupedSampler([len(ids) for ids, _ in dataset.items], h.batch_size, seed=h.seed)
-        return self._loader(
-            dataset, h.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=h.drop_last
+        sampler = training_sampler(
+            [len(ids) for ids, _ in dataset.items],
+            h.batch_size,
+            self.trainer,
+            shuffle=h.shuffle,
+            group_by_length=h.group_by_length,
+            seed=h.seed,
         )
+        return self._loader(dataset, h.batch_size, sampler=sampler, drop_last=h.drop_last)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["val"], self.hparams.eval_batch_size or self.hparams.batch_size)

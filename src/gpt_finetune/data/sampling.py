@@ -1,33 +1,51 @@
-"""Length-grouped sampling: batches of similar lengths waste less compute on padding."""
+"""Training-order samplers that give every rank its share of one global order.
+
+The DataModules build these themselves (the trainer presets set `use_distributed_sampler: false`), so a run
+on N processes with batch b sees exactly the batches of one process with batch N * b, shuffled or not.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import lightning as L
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
+
+
+def replicas(trainer: L.Trainer | None) -> tuple[int, int]:
+    """(world size, global rank) of the attached trainer, (1, 0) without one."""
+    return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
 
 class LengthGroupedSampler(Sampler[int]):
-    """Shuffle, sort by length inside mega-batches of `batch_size * group_batches`, shuffle the batches.
+    """Shuffle, sort by length inside mega-batches, shuffle the global batches, then take this rank's share.
 
-    Every index is yielded once per epoch; the order depends only on `seed` and the epoch (`set_epoch`).
+    Global batches hold `batch_size * num_replicas` indices of similar length; rank r takes every
+    `num_replicas`-th index of each, so its batches are also of similar length. The order depends only on
+    `seed` and the epoch (`set_epoch`).
     """
 
     def __init__(
-        self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_batches: int = 50
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        group_batches: int = 50,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.group_batches = group_batches
+        self.batch_size = batch_size * num_replicas
+        self.seed, self.group_batches = seed, group_batches
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return len(range(self.rank, len(self.lengths), self.num_replicas))
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -39,7 +57,24 @@ class LengthGroupedSampler(Sampler[int]):
         batches = [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
         # Keep a short final batch last so that drop_last drops a short batch, not a full one.
         full, rest = (batches[:-1], batches[-1:]) if len(batches[-1]) < self.batch_size else (batches, [])
-        for b in torch.randperm(len(full), generator=generator).tolist():
-            yield from full[b]
-        for batch in rest:
-            yield from batch
+        shuffled = [full[b] for b in torch.randperm(len(full), generator=generator).tolist()] + rest
+        flat = [index for batch in shuffled for index in batch]
+        yield from flat[self.rank :: self.num_replicas]
+
+
+def training_sampler(
+    lengths: Sequence[int],
+    batch_size: int,
+    trainer: L.Trainer | None,
+    *,
+    shuffle: bool,
+    group_by_length: bool,
+    seed: int,
+) -> Sampler[int]:
+    """This rank's training sampler: length-grouped, or a (possibly unshuffled) distributed split."""
+    num_replicas, rank = replicas(trainer)
+    if group_by_length:
+        return LengthGroupedSampler(lengths, batch_size, seed=seed, num_replicas=num_replicas, rank=rank)
+    return DistributedSampler(
+        range(len(lengths)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
+    )

@@ -31,32 +31,42 @@ class InstructionTuning(L.LightningModule):
         cosine: bool = False,
         min_lr_ratio: float = 0.1,
         head_on_targets_only: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = build_gpt(**model)
+        self.head_on_targets_only = head_on_targets_only
+        self.loss_fn = torch.compile(masked_lm_loss_sum, dynamic=True) if compile else masked_lm_loss_sum
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
+        self._window_tokens = torch.zeros(())  # target tokens in the current accumulation window
+        self._batch_shape = (0, 0)
+        self._batch_tokens = 0
         self._step_started = 0.0
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        loss_sum, count = masked_lm_loss_sum(
-            self.model,
-            batch["input_ids"],
-            batch["targets"],
-            head_on_targets_only=self.hparams.head_on_targets_only,
+        loss_sum, count = self.loss_fn(
+            self.model, batch["input_ids"], batch["targets"], head_on_targets_only=self.head_on_targets_only
         )
-        loss = loss_sum / count.clamp(min=1)
-        if stage == "train":
-            self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-            self._train_tokens = int(count)
-        else:
+        if stage != "train":
             # Token-weighted mean over the whole split, not a mean of per-batch means.
-            getattr(self, f"{stage}_loss").update(loss.detach(), weight=count)
-        return loss
+            getattr(self, f"{stage}_loss").update(loss_sum.detach() / count.clamp(min=1), weight=count)
+            return loss_sum
+        self._window_tokens = self._window_tokens.to(count.device) + count
+        self._batch_shape, self._batch_tokens = tuple(batch["input_ids"].shape), int(count)
+        shown_sum, shown_count = loss_sum.detach(), count
+        if self.trainer.world_size > 1:  # log the global token mean, as one process would compute it
+            shown_sum = self.trainer.strategy.reduce(shown_sum, reduce_op="sum")
+            shown_count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        mean = shown_sum / shown_count.clamp(min=1)
+        self.log("train/loss", mean, prog_bar=True, batch_size=self._batch_shape[0])
+        # The summed loss goes back to Lightning; on_before_optimizer_step turns the gradients into a mean
+        # over every target token of the effective batch (all micro-batches, all ranks).
+        return loss_sum
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")
@@ -66,6 +76,17 @@ class InstructionTuning(L.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        tokens = self._window_tokens
+        if self.trainer.world_size > 1:
+            tokens = self.trainer.strategy.reduce(tokens, reduce_op="sum")
+        # Lightning divided each micro-batch loss by accumulate_grad_batches, and DDP averaged over ranks.
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / tokens.clamp(min=1)
+        for param in self.parameters():
+            if param.grad is not None:
+                param.grad.mul_(scale.to(param.grad.dtype))
+        self._window_tokens = torch.zeros((), device=tokens.device)
 
     def on_validation_epoch_end(self) -> None:
         self._log_split("val")
@@ -86,17 +107,26 @@ class InstructionTuning(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         elapsed = time.perf_counter() - self._step_started
         if elapsed > 0:
-            self.log("train/tokens_per_s", self._train_tokens / elapsed, batch_size=1)
+            self.log("train/target_tokens_per_s", self._batch_tokens / elapsed, batch_size=1)
+
+    @property
+    def flops_per_batch(self) -> int:
+        """Model FLOPs of the last training batch, forward + backward: 6 N per token + attention (for MFU)."""
+        rows, width = self._batch_shape
+        config = self.model.config
+        embedding = self.model.transformer.wte.weight.numel() + self.model.transformer.wpe.weight.numel()
+        # Matmul parameters: everything but the embedding lookups, plus the LM head (tied or not).
+        matmul = sum(p.numel() for p in self.model.parameters()) - embedding
+        matmul += self.model.lm_head.weight.numel() if config.tie_embeddings else 0
+        attention = 12 * config.n_layers * config.emb_dim * width  # QK^T and AV per token, fwd + bwd
+        return rows * width * (6 * matmul + attention)
 
     def configure_optimizers(self) -> Any:
         h = self.hparams
         optimizer = adamw(self.model, h.lr, h.weight_decay, h.decay_on, h.betas, h.fused_adamw)
         if h.warmup_steps == 0 and not h.cosine:
             return optimizer  # the book: constant learning rate
-        total = (
-            int(self.trainer.estimated_stepping_batches)
-            if math.isfinite(self.trainer.estimated_stepping_batches)
-            else h.warmup_steps
-        )
+        steps = self.trainer.estimated_stepping_batches
+        total = int(steps) if math.isfinite(steps) else h.warmup_steps
         scheduler = warmup_cosine(optimizer, h.warmup_steps, total, h.cosine, h.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
