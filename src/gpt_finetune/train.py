@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -34,12 +38,33 @@ if not OmegaConf.has_resolver("bundled"):
 
 
 def main(cfg: DictConfig) -> float | None:
-    """Entry point for `train.py`: `run`, with user errors as one line on stderr and exit code 2."""
+    """Entry point for `train.py`: `run`, with user errors as one line on stderr.
+
+    A single run then exits with code 2; a job of a multirun writes the line to `error.txt` in its run dir
+    and returns NaN (a failed trial to sweepers), so the sweep goes on.
+    """
     try:
         return run(cfg)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (UserError, InstantiationException) as error:
+        cause = user_error_in(error)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        if not in_multirun():
+            raise SystemExit(2) from None
+        write_text(Path(cfg.output_dir) / "error.txt", f"{cause}\n")
+        return float("nan")
+
+
+def user_error_in(error: BaseException | None) -> UserError | None:
+    """The UserError that `error` is or wraps (Hydra's instantiate wraps what a constructor raises)."""
+    while error is not None and not isinstance(error, UserError):
+        error = error.__cause__
+    return error
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -90,6 +115,12 @@ def check_config(cfg: DictConfig) -> None:
     precision = str(cfg.trainer.get("precision", "32-true"))
     if precision not in PRECISIONS:
         problems.append(f"trainer.precision={precision} is not one of {', '.join(PRECISIONS)}")
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        problems.append(f"trainer.accelerator={accelerator} but no CUDA device is available; use trainer=cpu")
+    elif precision.startswith("16") and not on_gpu:
+        problems.append(f"trainer.precision={precision} needs a GPU; on a CPU use bf16-mixed or 32-true")
     if cfg.data.get("batch_size", 1) < 1:
         problems.append(f"data.batch_size={cfg.data.batch_size} must be >= 1")
     if problems:

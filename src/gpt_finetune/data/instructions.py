@@ -11,7 +11,6 @@ from gpt_finetune.data.download import fetch, is_url
 from gpt_finetune.errors import UserError
 
 Record = dict[str, str]
-REQUIRED = ("instruction", "output")
 FIELDS = ("instruction", "input", "output")
 
 
@@ -61,7 +60,7 @@ def validate_record(item: Any, where: str, source: str) -> Record:
     """The record with a missing or null `input` as ""; a one-line error names the record and the field."""
     if not isinstance(item, dict):
         raise UserError(
-            f"{source}: {where} is a {type(item).__name__}, not an object; "
+            f"{source}: {where} is {json_kind(item)}, not an object; "
             'write each record as {"instruction": ..., "input": ..., "output": ...}'
         )
     record = {"input": "", **{field: item[field] for field in FIELDS if field in item}}
@@ -73,9 +72,17 @@ def validate_record(item: Any, where: str, source: str) -> Record:
                 f"{source}: {where} has no {field!r} field; every record needs instruction and output"
             )
         if not isinstance(record[field], str):
-            kind = "null" if record[field] is None else f"a {type(record[field]).__name__}"
-            raise UserError(f"{source}: {where} field {field!r} is {kind}, not a string; make it a string")
+            raise UserError(
+                f"{source}: {where} field {field!r} is {json_kind(record[field])}, not a string; "
+                "make it a string"
+            )
     return {field: record[field] for field in FIELDS}
+
+
+def json_kind(value: Any) -> str:
+    """What `value` is called in JSON: "a number", "an array", "null", ..."""
+    kinds = ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), (list, "an array"))
+    return "null" if value is None else next((name for t, name in kinds if isinstance(value, t)), "an object")
 
 
 def split_records(

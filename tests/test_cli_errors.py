@@ -1,0 +1,161 @@
+"""`python train.py` on bad input: exit code 2, one `error: ...` line, no traceback, no artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gpt_finetune.data.prompts import format_example
+from gpt_finetune.tokenizer import gpt2_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ("model=tiny", "logger=none", "callbacks=none", "trainer=cpu", "trainer.max_epochs=1")
+RECORD = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
+
+
+@dataclass(frozen=True)
+class Case:
+    """Overrides and the fragments the error line must hold; `{dir}` is the case's folder, `{port}` a
+    closed port. With `data`, that text is written to `{dir}/records.json` and passed as data.path."""
+
+    overrides: tuple[str, ...]
+    fragments: tuple[str, ...]
+    data: str | None = None
+
+
+CASES = {
+    "malformed-json": Case(
+        (),
+        ("{dir}/records.json", "invalid JSON at line 1", "fix the file"),
+        data='[{"instruction": "a", "output": }]',
+    ),
+    "missing-field": Case(
+        (),
+        ("{dir}/records.json", "record 1 has no 'output' field"),
+        data=json.dumps([RECORD, {"instruction": "a"}]),
+    ),
+    "non-string-field": Case(
+        (),
+        ("{dir}/records.json", "record 0 field 'instruction' is a number", "make it a string"),
+        data=json.dumps([{**RECORD, "instruction": 7}]),
+    ),
+    "empty-dataset": Case((), ("{dir}/records.json", "no records", "add at least one"), data="[]"),
+    "empty-split": Case((), ("the test split is empty", "data.test_fraction"), data=json.dumps([RECORD] * 3)),
+    "unknown-style": Case(("data=sample", "data.style=nope"), ("'nope'", "alpaca", "phi3")),
+    "unknown-model-size": Case(
+        ("data=sample", "model.size=gpt2-huge"), ("'gpt2-huge'", "gpt2-small", "gpt2-medium", "gpt2-xl")
+    ),
+    "unknown-precision": Case(("data=sample", "trainer.precision=fp8"), ("fp8", "32-true", "bf16-mixed")),
+    "max-length-over-context": Case(
+        ("data=sample", "data.max_length=5000"),
+        ("data.max_length=5000", "context 1024", "lower data.max_length"),
+    ),
+    "unreachable-url": Case(
+        ("data.path=http://127.0.0.1:{port}/x.json", "data.cache_dir={dir}/cache"),
+        ("http://127.0.0.1:{port}/x.json", "cannot download", "data.path=FILE"),
+    ),
+}
+# A successful run whose records are partly longer than data.max_length.
+LONG_RECORDS = [
+    {**RECORD, "instruction": f"Case {i}.", "output": "word " * (200 if i % 5 == 0 else 2)} for i in range(20)
+]
+MAX_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class Started:
+    """A run in flight: its folder, its future result, the fragments its error line must hold."""
+
+    folder: Path
+    result: Future[subprocess.CompletedProcess[str]]
+    fragments: tuple[str, ...] = ()
+
+
+def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """Run `python train.py` with the fast settings; HYDRA_FULL_ERROR unset, loopback never proxied."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"no_proxy": "*"}
+    command = [sys.executable, "train.py", *FAST, f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def start_long_records(pool: ThreadPoolExecutor, folder: Path) -> Started:
+    """A one-step run on LONG_RECORDS with data.max_length=MAX_LENGTH and no generation."""
+    folder.mkdir()
+    (folder / "records.json").write_text(json.dumps(LONG_RECORDS))
+    overrides = (
+        f"data.path={folder / 'records.json'}",
+        f"data.max_length={MAX_LENGTH}",
+        "data.batch_size=2",
+        "generate.enabled=false",
+        "++trainer.max_steps=1",  # conf/trainer has no max_steps key yet
+    )
+    return Started(folder, pool.submit(train, folder / "run", *overrides))
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Started]]:
+    """The selected cases (and the long-records run) started at once, three at a time (~5 s each)."""
+    root, port = tmp_path_factory.mktemp("cli"), closed_port()
+    selected = {
+        item.callspec.params["name"] if hasattr(item, "callspec") else "long-records"
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module
+    }
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        started = {}
+        for name, case in CASES.items():
+            if name not in selected:
+                continue
+            folder = root / name
+            folder.mkdir()
+            overrides = [o.format(dir=folder, port=port) for o in case.overrides]
+            if case.data is not None:
+                (folder / "records.json").write_text(case.data)
+                overrides.append(f"data.path={folder / 'records.json'}")
+            fragments = tuple(f.format(dir=folder, port=port) for f in case.fragments)
+            started[name] = Started(folder, pool.submit(train, folder / "run", *overrides), fragments)
+        if "long-records" in selected:
+            started["long-records"] = start_long_records(pool, root / "long-records")
+        yield started
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_exits_2_with_one_error_line(runs: dict[str, Started], name: str) -> None:
+    done = runs[name].result.result()
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr + done.stdout
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: ")
+    for fragment in runs[name].fragments:
+        assert fragment in last
+    run_dir = runs[name].folder / "run"
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "test_responses.json").exists()
+    assert not list(run_dir.rglob("*.ckpt")) and not (run_dir / "checkpoints").exists()
+
+
+def test_long_records_are_counted_in_the_log(runs: dict[str, Started]) -> None:
+    folder, done = runs["long-records"].folder, runs["long-records"].result.result()
+    assert done.returncode == 0, done.stderr[-3000:]
+    long = sum(len(gpt2_tokenizer().encode(format_example(r))) > MAX_LENGTH for r in LONG_RECORDS)
+    assert long == 4
+    message = f"{long} of {len(LONG_RECORDS)} records are longer than max_length={MAX_LENGTH}"
+    assert message in done.stdout + done.stderr
+    assert message in (folder / "run" / "train.log").read_text()
+    assert (folder / "run" / "metrics.json").is_file()
