@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import sys
 import time
 from importlib import resources
@@ -86,9 +87,7 @@ def run(cfg: DictConfig) -> float | None:
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-    best_score = (
-        float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None
-    )
+    best_score = monitored_value(trainer, checkpoint, cfg.monitor)
 
     # Testing restores the best weights; callbacks write the task's test artifacts (responses, predictions).
     trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
@@ -102,11 +101,28 @@ def run(cfg: DictConfig) -> float | None:
         "epochs": trainer.current_epoch,
         "records": {name: len(part) for name, part in datamodule.splits.items()},
         "seconds": time.perf_counter() - started,
+        "peak_memory_gib": peak_memory_gib(trainer),
     }
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
         log.info("wrote %s", out / "metrics.json")
     return best_score
+
+
+def monitored_value(trainer: L.Trainer, checkpoint: ModelCheckpoint | None, monitor: str) -> float | None:
+    """The best checkpoint's score, or without checkpointing the monitored metric's last value."""
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        return float(checkpoint.best_model_score)
+    last = trainer.callback_metrics.get(monitor)
+    return float(last) if last is not None else None
+
+
+def peak_memory_gib(trainer: L.Trainer) -> float:
+    """Peak accelerator memory allocated by this process, or its peak resident memory on a CPU."""
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
 def check_config(cfg: DictConfig) -> None:

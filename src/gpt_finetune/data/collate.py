@@ -42,3 +42,13 @@ def collate_instructions(
     if max_length is not None:
         input_ids, targets = input_ids[:, :max_length], targets[:, :max_length]
     return {"input_ids": input_ids.contiguous(), "targets": targets.contiguous()}
+
+
+def batch_rows(batch: dict[str, torch.Tensor]) -> int:
+    """Examples in a collated batch (for throughput monitoring)."""
+    return batch["input_ids"].shape[0]
+
+
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Input positions in a collated batch, padding included (for throughput monitoring)."""
+    return batch["input_ids"].numel()

@@ -1,0 +1,66 @@
+"""Hydra multirun: impossible combinations fail in one line and the sweep goes on; Optuna runs trials."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = [
+    "experiment=quickstart",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "callbacks=none",
+    "logger=none",
+    "generate.enabled=false",
+]
+
+
+def multirun(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", "-m", *FAST, f"hydra.sweep.dir={sweep_dir}", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the combinations a CPU-only machine cannot run")
+def test_device_by_precision_sweep_runs_every_combination(tmp_path: Path) -> None:
+    done = multirun(tmp_path, "trainer=cpu,gpu", "trainer.precision=32-true,16-mixed")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    combos = {
+        (run.name.split("_")[0], "trainer=gpu" in run.name, "16-mixed" in run.name): run for run in runs
+    }
+    assert sorted(name for name, _, _ in combos) == ["0", "1", "2", "3"]
+    assert sorted((gpu, half) for _, gpu, half in combos) == [
+        (False, False),
+        (False, True),
+        (True, False),
+        (True, True),
+    ]
+    for (_, gpu, half), run in combos.items():
+        if not gpu and not half:
+            assert (run / "metrics.json").is_file()
+            continue
+        reason = (run / "error.txt").read_text()
+        assert reason.count("\n") == 1 and not (run / "metrics.json").exists()
+        assert ("no CUDA device" in reason) if gpu else ("needs a GPU" in reason)
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_optuna_preset_runs_trials_and_reports_the_best(tmp_path: Path) -> None:
+    done = multirun(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = [p for p in tmp_path.iterdir() if p.is_dir() and (p / "metrics.json").is_file()]
+    assert len(trials) == 2
+    best = (tmp_path / "optimization_results.yaml").read_text()
+    assert "best_value" in best and "task.lr" in best
