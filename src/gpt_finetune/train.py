@@ -16,7 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from gpt_finetune.artifacts import write_json, write_text
@@ -46,6 +47,15 @@ def main(cfg: DictConfig) -> float | None:
     """
     try:
         return run(cfg)
+    except MisconfigurationException as error:  # Lightning's own settings checks
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except SIGTERMException:
+        print(
+            f"error: stopped by SIGTERM; resume with: python train.py resume={cfg.output_dir}",
+            file=sys.stderr,
+        )
+        raise SystemExit(143) from None
     except (UserError, InstantiationException) as error:
         cause = user_error_in(error)
         if cause is None:
@@ -71,6 +81,8 @@ def in_multirun() -> bool:
 def run(cfg: DictConfig) -> float | None:
     """Train and test one configuration; returns the monitored metric (for sweepers)."""
     started = time.perf_counter()
+    if cfg.get("resume") is not None:
+        cfg = resumed_config(cfg)
     check_config(cfg)
     out = Path(cfg.output_dir)
     write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -79,13 +91,17 @@ def run(cfg: DictConfig) -> float | None:
     datamodule = instantiate(cfg.data, _convert_="all")
     task = instantiate(cfg.task, _convert_="all")
     check_fits(cfg, task)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if not loggers:  # a learning-rate monitor has nowhere to write
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    checkpoint = next(
+        (c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor == cfg.monitor), None
+    )
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     best_score = monitored_value(trainer, checkpoint, cfg.monitor)
 
@@ -107,6 +123,22 @@ def run(cfg: DictConfig) -> float | None:
         write_json(out / "metrics.json", metrics)
         log.info("wrote %s", out / "metrics.json")
     return best_score
+
+
+def resumed_config(cfg: DictConfig) -> DictConfig:
+    """The interrupted run's own config, its last checkpoint as `ckpt_path`, plus `key=value` overrides."""
+    run_dir = Path(cfg.resume)
+    last, saved = run_dir / "checkpoints" / "last.ckpt", run_dir / "config.yaml"
+    if not last.is_file() or not saved.is_file():
+        raise UserError(f"{run_dir}: nothing to resume (needs config.yaml and checkpoints/last.ckpt)")
+    resumed = OmegaConf.load(saved)
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    # key=value changes to existing keys (e.g. trainer.max_epochs=4); group choices are fixed by the run.
+    changes = [o for o in overrides if OmegaConf.select(resumed, o.split("=")[0], default=None) is not None]
+    resumed.merge_with_dotlist(changes)
+    resumed.ckpt_path, resumed.resume = str(last), None
+    log.info("resuming %s from %s", run_dir, last)
+    return resumed
 
 
 def monitored_value(trainer: L.Trainer, checkpoint: ModelCheckpoint | None, monitor: str) -> float | None:

@@ -13,7 +13,7 @@ from gpt_finetune.data.collate import collate_instructions
 from gpt_finetune.data.download import fetch, is_url
 from gpt_finetune.data.instructions import Record, load_records, split_records
 from gpt_finetune.data.prompts import format_prompt, prompt_style
-from gpt_finetune.data.sampling import training_sampler
+from gpt_finetune.data.sampling import ResumableDataLoader, training_sampler
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,14 @@ class InstructionDataModule(L.LightningDataModule):
             group_by_length=h.group_by_length,
             seed=h.seed,
         )
-        return self._loader(dataset, h.batch_size, sampler=sampler, drop_last=h.drop_last)
+        return self._loader(
+            dataset,
+            h.batch_size,
+            ResumableDataLoader,
+            sampler=sampler,
+            drop_last=h.drop_last,
+            trainer_ref=lambda: self.trainer,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["val"], self.hparams.eval_batch_size or self.hparams.batch_size)
@@ -115,9 +122,14 @@ class InstructionDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["test"], self.hparams.eval_batch_size or self.hparams.batch_size)
 
-    def _loader(self, dataset: TokenizedInstructions, batch_size: int, **kwargs: Any) -> DataLoader:
-        kwargs.setdefault("shuffle", False)
-        return DataLoader(
+    def _loader(
+        self,
+        dataset: TokenizedInstructions,
+        batch_size: int,
+        cls: type[DataLoader] = DataLoader,
+        **kwargs: Any,
+    ) -> DataLoader:
+        return cls(
             dataset,
             batch_size=batch_size,
             collate_fn=self.collate,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,12 @@ def parse_records(text: str, source: str) -> list[tuple[Any, str]]:
                 f"{source}: invalid JSON at line {error.lineno} column {error.colno} ({error.msg}); "
                 "fix the file"
             ) from None
+        except (ValueError, RecursionError) as error:
+            raise UserError(f"{source}: invalid JSON ({unreadable(error)}); fix the file") from None
         return [(item, f"record {i}") for i, item in enumerate(items)]
     pairs = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Not splitlines(): U+2028, U+0085 and the like may stand raw in a JSON string; \r and \n may not.
+    for number, line in enumerate(re.split(r"\r\n?|\n", text), start=1):
         if not line.strip():
             continue
         try:
@@ -53,7 +57,16 @@ def parse_records(text: str, source: str) -> list[tuple[Any, str]]:
                 f"{source}: line {number} is not valid JSON ({error.msg}, column {error.colno}); "
                 "use a JSON array or one JSON object per line"
             ) from None
+        except (ValueError, RecursionError) as error:
+            raise UserError(
+                f"{source}: line {number} is not valid JSON ({unreadable(error)}); fix it"
+            ) from None
     return pairs
+
+
+def unreadable(error: ValueError | RecursionError) -> str:
+    """Why json.loads failed on well-formed text: Python limits integer digits and nesting depth."""
+    return "nested too deeply" if isinstance(error, RecursionError) else "a number with too many digits"
 
 
 def validate_record(item: Any, where: str, source: str) -> Record:

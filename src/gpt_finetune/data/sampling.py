@@ -6,11 +6,12 @@ on N processes with batch b sees exactly the batches of one process with batch N
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 
 def replicas(trainer: L.Trainer | None) -> tuple[int, int]:
@@ -78,3 +79,40 @@ def training_sampler(
     return DistributedSampler(
         range(len(lengths)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
     )
+
+
+class ResumableDataLoader(DataLoader):
+    """A training DataLoader that Lightning checkpoints: resuming mid-epoch skips batches already trained on.
+
+    Without this, a run resumed from a mid-epoch checkpoint would see the epoch's first batches again and
+    never the ones after them. Lightning calls `state_dict` when it saves and `load_state_dict` before it
+    iterates again.
+    """
+
+    def __init__(self, *args: Any, trainer_ref: Callable[[], L.Trainer | None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trainer_ref = trainer_ref
+        self._skip = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_done": batches_done(self.trainer_ref())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        done = state.get("batches_done", 0)
+        self._skip = done if done < len(self) else 0  # a checkpoint at the epoch's end resumes a new epoch
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator, skip, self._skip = super().__iter__(), self._skip, 0
+        for _ in range(skip):
+            next(iterator)
+        return iterator
+
+
+def batches_done(trainer: L.Trainer | None) -> int:
+    """Training batches of the current epoch that count as done if a checkpoint is saved now."""
+    if trainer is None:
+        return 0
+    progress = trainer.fit_loop.epoch_loop.batch_progress.current
+    # Saved at a batch's end, that batch counts; saved mid-step (an interrupt), only the completed ones.
+    at_batch_end = progress.started == progress.ready == progress.processed
+    return progress.processed if at_batch_end else progress.completed

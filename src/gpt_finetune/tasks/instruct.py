@@ -121,12 +121,14 @@ class InstructionTuning(L.LightningModule):
         attention = 12 * config.n_layers * config.emb_dim * width  # QK^T and AV per token, fwd + bwd
         return rows * width * (6 * matmul + attention)
 
+    def _total_steps(self) -> int:
+        steps = self.trainer.estimated_stepping_batches
+        return int(steps) if math.isfinite(steps) else self.hparams.warmup_steps
+
     def configure_optimizers(self) -> Any:
         h = self.hparams
         optimizer = adamw(self.model, h.lr, h.weight_decay, h.decay_on, h.betas, h.fused_adamw)
         if h.warmup_steps == 0 and not h.cosine:
             return optimizer  # the book: constant learning rate
-        steps = self.trainer.estimated_stepping_batches
-        total = int(steps) if math.isfinite(steps) else h.warmup_steps
-        scheduler = warmup_cosine(optimizer, h.warmup_steps, total, h.cosine, h.min_lr_ratio)
+        scheduler = warmup_cosine(optimizer, h.warmup_steps, self._total_steps, h.cosine, h.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

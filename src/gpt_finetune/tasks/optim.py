@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -32,16 +33,26 @@ def adamw(
 
 
 def warmup_cosine(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, cosine: bool, min_lr_ratio: float
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: Callable[[], int],
+    cosine: bool,
+    min_lr_ratio: float,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over `warmup_steps`, then constant, or cosine down to `min_lr_ratio` at `total_steps`."""
+    """Linear warmup over `warmup_steps`, then constant, or cosine down to `min_lr_ratio` at `total_steps()`.
+
+    `total_steps` is asked only once the cosine starts, i.e. during training: asking Lightning for it while
+    configuring optimizers would build the training DataLoader before a resumed checkpoint is restored.
+    """
+    total: list[int] = []
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        if not cosine:
+        if not cosine or step == warmup_steps:
             return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        total[:] = total or [total_steps()]
+        progress = min(1.0, (step - warmup_steps) / max(1, total[0] - warmup_steps))
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,160 @@
+"""Crash-safe resume, clean interruption, non-finite loss, determinism."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gpt_finetune.data.instruct_datamodule import InstructionDataModule
+from gpt_finetune.errors import UserError
+from gpt_finetune.guards import LossGuard
+from gpt_finetune.tasks.instruct import InstructionTuning
+from gpt_finetune.train import bundled_path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = [
+    "experiment=quickstart",
+    "trainer.max_epochs=2",
+    "generate.enabled=false",
+    "callbacks.validation_samples=null",
+    "callbacks.last_checkpoint.every_n_train_steps=5",
+]
+
+
+def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", *RUN, f"hydra.run.dir={run_dir}", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def start_and_wait_for_checkpoint(run_dir: Path) -> subprocess.Popen:
+    """Start a training process and return once its first step checkpoint (step 5) is on disk."""
+    # Background shells hand SIGINT down as ignored; a terminal user's Ctrl-C has the default disposition.
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *RUN, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    return process
+
+
+def final_state(run_dir: Path) -> tuple[int, dict[str, torch.Tensor], float]:
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return checkpoint["global_step"], checkpoint["state_dict"], metrics["best_val/loss"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path: Path) -> None:
+    assert train(tmp_path / "whole").returncode == 0
+    process = start_and_wait_for_checkpoint(tmp_path / "killed")
+    process.kill()  # SIGKILL: no handler runs
+    process.wait()
+    assert (
+        torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+    )
+    resumed = subprocess.run(
+        [sys.executable, "train.py", f"resume={tmp_path / 'killed'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    step, weights, val_loss = final_state(tmp_path / "whole")
+    resumed_step, resumed_weights, resumed_val_loss = final_state(tmp_path / "killed")
+    assert resumed_step == step == 24
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, resumed_weights[name]), name  # exact on CPU: same batches, same order
+    assert resumed_val_loss == val_loss
+    steps = [
+        e.step
+        for e in EventAccumulator(str(tmp_path / "killed" / "tensorboard")).Reload().Scalars("train/loss")
+    ]
+    assert max(steps) == 23  # the TensorBoard curve continues to the end
+
+
+@pytest.mark.slow
+def test_sigint_saves_a_loadable_checkpoint_and_no_partial_artifacts(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    process = start_and_wait_for_checkpoint(run_dir)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert process.returncode != 0
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    log = (run_dir / "train.log").read_text()
+    assert f"interrupted at step {checkpoint['global_step']}" in log and f"resume={run_dir}" in log
+    leftovers = [p.name for p in run_dir.rglob("*") if p.name.endswith(".tmp") or p.name == "metrics.json"]
+    assert leftovers == []
+
+
+class PoisonAtStep(L.Callback):
+    """Test-only: turn a weight into NaN before the given step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
+    ) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.model.transformer.ln_f.weight[0] = float("nan")
+
+
+def test_non_finite_loss_stops_with_one_line_naming_the_step() -> None:
+    L.seed_everything(0)
+    data = InstructionDataModule(path=bundled_path("sample_instructions.json"), batch_size=8)
+    task = InstructionTuning(model={"size": "tiny", "pretrained": False, "context_length": 256}, lr=1e-3)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=10,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[PoisonAtStep(3), LossGuard()],
+    )
+    with pytest.raises(
+        UserError, match=r"non-finite training loss \(nan\) at step 4 .*lower task\.lr"
+    ) as error:
+        trainer.fit(task, datamodule=data)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_losses(tmp_path: Path) -> None:
+    losses = []
+    for name in ("a", "b"):
+        assert (
+            train(
+                tmp_path / name,
+                "trainer.max_steps=8",
+                "trainer.val_check_interval=4",
+                "trainer.deterministic=true",
+            ).returncode
+            == 0
+        )
+        events = EventAccumulator(str(tmp_path / name / "tensorboard")).Reload()
+        losses.append([e.value for e in events.Scalars("train/loss")])
+    assert len(losses[0]) == 8 and losses[0] == losses[1]
