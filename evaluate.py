@@ -1,0 +1,15 @@
+"""Evaluate a finished run: `python evaluate.py run_dir=outputs/runs/<run> [judge=ollama|openai] [k=v]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+from gpt_finetune.evaluation.evaluate import main as evaluate_main
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate_main(cfg)
+
+
+if __name__ == "__main__":
+    main()

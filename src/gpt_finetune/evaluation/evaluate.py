@@ -1,0 +1,185 @@
+"""`evaluate(cfg)`: score a finished run's test responses, plot its losses, judge, write report.html."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from gpt_finetune.artifacts import atomic_path, write_json, write_text
+from gpt_finetune.errors import UserError
+from gpt_finetune.evaluation.judge import Judge
+from gpt_finetune.evaluation.loss_curves import plot_losses
+from gpt_finetune.evaluation.metrics import score_record, summarize
+from gpt_finetune.evaluation.report import ReportData, render_report
+from gpt_finetune.evaluation.responses import generate_responses
+from gpt_finetune.evaluation.run_dir import load_finetuned, locate, run_config, test_records
+from gpt_finetune.evaluation.tensorboard_io import add_summaries, read_scalars
+
+log = logging.getLogger(__name__)
+GENERATE_KEYS = ("max_new_tokens", "batch_size", "temperature", "top_k", "seed")
+
+
+@dataclass
+class Responses:
+    """Test records with `model_response`, where they came from, and the prompt style they were made with."""
+
+    records: list[dict[str, Any]]
+    source: str
+    style: str
+
+
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Entry point for `evaluate.py`: `evaluate`, with user errors as one line on stderr and exit code 2."""
+    try:
+        return evaluate(cfg)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Write response_metrics.json, loss.png, report.html (and judge_scores.json) into the run dir."""
+    started = time.perf_counter()
+    run_dir, ckpt = locate(cfg.run_dir, cfg.ckpt_path)
+    judge = build_judge(cfg.judge)  # a bad judge config fails before any generation
+    config = run_config(run_dir)
+    responses = obtain_responses(run_dir, ckpt, cfg, config)
+    report = score_and_report(run_dir, responses, config)
+    step = int(report.train_metrics.get("global_step") or 0)
+    summary = dict(report.summary)
+    to_tensorboard(run_dir, step, {f"eval/{k}": v for k, v in summary.items() if k != "records"})
+    log.info("responses: %s", ", ".join(f"{k} {v:.4g}" for k, v in summary.items() if v is not None))
+    if judge is not None:
+        judged = judge.judge(responses.records, responses.style)
+        write_json(run_dir / "judge_scores.json", judged)
+        report.judge = judged
+        write_text(run_dir / "report.html", render_report(report))
+        to_tensorboard(
+            run_dir, step, {"judge/average": judged["average"]}, {"judge/summary": judge_text(judged)}
+        )
+        log.info("judge: %s", judged["summary"])
+        summary.update(judge_average=judged["average"], judge_scored=judged["scored"])
+    log.info("wrote %s in %.1f s", run_dir / "report.html", time.perf_counter() - started)
+    return summary
+
+
+def score_and_report(run_dir: Path, responses: Responses, config: dict[str, Any]) -> ReportData:
+    """Score every response, write response_metrics.json, loss.png and report.html; the report's data."""
+    scores = [score_record(r) for r in responses.records]
+    summary = summarize(scores)
+    per_record = [
+        {"instruction": r["instruction"], **s} for r, s in zip(responses.records, scores, strict=True)
+    ]
+    write_json(
+        run_dir / "response_metrics.json", {"source": responses.source, **summary, "per_record": per_record}
+    )
+    loss_png = plot_losses(read_scalars(run_dir / "tensorboard"))
+    if loss_png is not None:
+        with atomic_path(run_dir / "loss.png") as tmp:
+            tmp.write_bytes(loss_png)
+    report = ReportData(
+        title=f"Evaluation of {run_dir.name}",
+        records=responses.records,
+        scores=scores,
+        summary=summary,
+        loss_png=loss_png,
+        config_yaml=(run_dir / "config.yaml").read_text(encoding="utf-8") if config else None,
+        train_metrics=read_json(run_dir / "metrics.json"),
+        notes=[f"Run directory: {run_dir}", f"Responses: {responses.source}"],
+    )
+    write_text(run_dir / "report.html", render_report(report))
+    return report
+
+
+def build_judge(node: DictConfig) -> Judge | None:
+    """The configured judge, or None for `judge=none`."""
+    if node.get("_target_") is None:
+        return None
+    # Partial, then called here: a UserError from the constructor reaches the user unwrapped by Hydra.
+    return instantiate(node, _partial_=True)()
+
+
+def obtain_responses(run_dir: Path, ckpt: Path | None, cfg: DictConfig, config: dict[str, Any]) -> Responses:
+    """Reuse test_responses.json, or (re)generate it with the checkpoint and write it into the run dir."""
+    path = run_dir / "test_responses.json"
+    if path.is_file() and not cfg.regenerate and cfg.ckpt_path is None:
+        records = read_responses(path)
+        return Responses(records, f"{path.name} (reused)", saved_style(config, ckpt))
+    if ckpt is None:
+        raise UserError(
+            f"{run_dir} has no test_responses.json and no checkpoint in checkpoints/; "
+            "give the folder of a finished train.py run or ckpt_path=<file.ckpt>"
+        )
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    finetuned = load_finetuned(ckpt, device)
+    records = test_records(finetuned.data, ckpt)
+    settings = generation_settings(cfg.generate, config)
+    log.info("generating %d test responses with %s (%s)", len(records), ckpt, settings)
+    generated = generate_responses(finetuned.model, records, finetuned.prompt_style, **settings)
+    write_json(path, generated)
+    return Responses(generated, f"generated with {ckpt}", finetuned.prompt_style)
+
+
+def read_responses(path: Path) -> list[dict[str, Any]]:
+    """test_responses.json, checked to be a list of records with a model response."""
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise UserError(f"{path}: invalid JSON ({error}); delete it or pass regenerate=true") from None
+    needed = {"instruction", "output", "model_response"}
+    if not isinstance(records, list) or not all(isinstance(r, dict) and needed <= set(r) for r in records):
+        raise UserError(
+            f"{path}: not a list of records with {', '.join(sorted(needed))}; pass regenerate=true"
+        )
+    return records
+
+
+def saved_style(config: dict[str, Any], ckpt: Path | None) -> str:
+    """The prompt style the run trained with: config.yaml, else the checkpoint, else alpaca."""
+    style = config.get("task", {}).get("prompt_style")
+    if style is None and ckpt is not None:
+        hparams = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get(
+            "hyper_parameters", {}
+        )
+        style = hparams.get("prompt_style")
+    if style is None:
+        log.warning("no config.yaml or checkpoint says which prompt style the run used; assuming alpaca")
+    return style or "alpaca"
+
+
+def generation_settings(overrides: DictConfig, config: dict[str, Any]) -> dict[str, Any]:
+    """Generation keyword arguments: the run's `generate` settings and seed, then non-null overrides."""
+    saved = {**config.get("generate", {}), "seed": config.get("seed")}
+    settings = {key: saved.get(key) for key in GENERATE_KEYS}
+    settings.update({k: v for k, v in OmegaConf.to_container(overrides).items() if v is not None})
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def to_tensorboard(
+    run_dir: Path, step: int, scalars: dict[str, Any], texts: dict[str, str] | None = None
+) -> None:
+    """Add to the run's TensorBoard event files, when the run has a tensorboard/ folder."""
+    if (run_dir / "tensorboard").is_dir():
+        add_summaries(run_dir / "tensorboard", step, scalars, texts)
+
+
+def judge_text(judged: dict[str, Any]) -> str:
+    """Markdown for TensorBoard's text tab: the summary line and a table of scores."""
+    rows = []
+    for entry in judged["records"]:
+        instruction = " ".join(entry["instruction"].split())[:80].replace("|", "\\|")
+        rows.append(f"| {entry['index'] + 1} | {instruction} | {entry['score']} |")
+    return "\n".join([f"**{judged['summary']}**", "", "| # | instruction | score |", "|---|---|---|", *rows])

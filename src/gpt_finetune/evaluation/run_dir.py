@@ -1,0 +1,100 @@
+"""A finished `train.py` run directory: where its checkpoint is, its fine-tuned model, its test records."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from gpt_finetune.data.instructions import Record
+from gpt_finetune.errors import UserError
+from gpt_finetune.model import GPT
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Finetuned:
+    """A fine-tuned GPT, the prompt style it was trained with, and what its checkpoint says about its data."""
+
+    model: GPT
+    prompt_style: str
+    data: dict[str, Any]
+    global_step: int
+
+
+def locate(run_dir: str | None, ckpt_path: str | None) -> tuple[Path, Path | None]:
+    """The directory to read and write (a run dir, or the one holding `ckpt_path`) and the checkpoint."""
+    if ckpt_path is not None:
+        ckpt = Path(ckpt_path).expanduser()
+        if not ckpt.is_file():
+            raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        default_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        folder = Path(run_dir).expanduser() if run_dir is not None else default_dir
+    elif run_dir is not None:
+        folder = Path(run_dir).expanduser()
+        ckpt = None
+    else:
+        raise UserError("nothing to evaluate; give run_dir=outputs/runs/<run> or ckpt_path=<file.ckpt>")
+    if not folder.is_dir():
+        raise UserError(f"run_dir={run_dir}: no such directory; give the output folder of a train.py run")
+    return folder.resolve(), ckpt if ckpt is not None else find_checkpoint(folder)
+
+
+def find_checkpoint(run_dir: Path) -> Path | None:
+    """The run's best checkpoint (named in metrics.json, else `best-*.ckpt`), else `last.ckpt`, else None."""
+    folder = run_dir / "checkpoints"
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        named = json.loads(metrics.read_text(encoding="utf-8")).get("best_checkpoint")
+        # The run dir may have moved since training: look for the file name in its checkpoints/ too.
+        for candidate in (Path(named), folder / Path(named).name) if named else ():
+            if candidate.is_file():
+                return candidate
+    best = sorted(folder.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if best:
+        return best[-1]
+    last = folder / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """The run's resolved `config.yaml` as a dict; {} when the run has none."""
+    path = run_dir / "config.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}  # type: ignore[return-value]
+
+
+def load_finetuned(ckpt: Path, device: str = "cpu") -> Finetuned:
+    """The GPT in a Lightning instruction-tuning checkpoint, built from its saved spec without downloads."""
+    from gpt_finetune.tasks.instruct import InstructionTuning
+
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hparams = checkpoint.get("hyper_parameters", {})
+    if "model" not in hparams or "prompt_style" not in hparams:
+        raise UserError(f"{ckpt}: not an instruction-tuning checkpoint (no model spec and prompt style)")
+    # The weights come from the checkpoint: never fetch the pretrained ones again.
+    spec = {**hparams["model"], "pretrained": False, "weights": None}
+    task = InstructionTuning(**{**hparams, "model": spec})
+    task.load_state_dict(checkpoint["state_dict"])
+    model = task.model.to(device).eval()
+    data = checkpoint.get("datamodule_hyper_parameters", {})
+    return Finetuned(model, hparams["prompt_style"], dict(data), int(checkpoint.get("global_step", 0)))
+
+
+def test_records(data: dict[str, Any], source: Path) -> list[Record]:
+    """The test split the run was tested on, rebuilt from the data settings saved in its checkpoint."""
+    from gpt_finetune.data.instruct_datamodule import InstructionDataModule
+
+    if "path" not in data:
+        raise UserError(
+            f"{source}: the checkpoint does not record its data path; cannot rebuild the test split"
+        )
+    datamodule = InstructionDataModule(**data)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    return datamodule.splits["test"]
