@@ -2,11 +2,11 @@
 
     python -m gpt_finetune.benchmarks.training [--steps 15] [--warmup 2] [--batch-size 8] [--threads N]
 
-gpt2-small, random weights, CPU, on the book's instruction train split (first 85 %). Every row runs in a
-fresh spawned process, so its peak RSS is its own, and times `--steps` optimizer steps after `--warmup`
-untimed ones. Rows with book batching see the same batches in the same order; the length-grouped rows see
-the same records regrouped, so compare them by tokens/s as well as examples/s. Timings are printed, never
-asserted.
+gpt2-small, random weights, CPU, on the book's instruction train split (first 85 %). Every row lives in its
+own spawned process (so its peak RSS is its own; all four are alive at once, ~3.5 GiB each), does `--warmup`
+untimed steps, then the rows take turns, one timed step each, so that load from other programs falls on
+all rows alike. Rows with book batching see the same batches in the same order; the length-grouped rows see
+the same records regrouped, so compare them by tokens/s as well as examples/s. Timings are never asserted.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import argparse
 import contextlib
 import json
 import multiprocessing as mp
+import os
 import resource
 import time
 from dataclasses import dataclass
 from functools import partial
 from importlib import resources
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +105,10 @@ def make_model(row: Row, dropout: float) -> tuple[torch.nn.Module, torch.optim.O
     if not row.ours:
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        p = dropout
-        hf = GPT2LMHeadModel(GPT2Config(resid_pdrop=p, embd_pdrop=p, attn_pdrop=p))
+        hf = GPT2LMHeadModel(GPT2Config(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout))
         opt = torch.optim.AdamW(hf.parameters(), lr=5e-5, weight_decay=0.1)
         attn = hf.config._attn_implementation
-        return hf.train(), opt, f"attn={attn}, tied head, dropout {p:g}, AdamW default (for-loop)"
+        return hf.train(), opt, f"attn={attn}, tied head, dropout {dropout:g}, AdamW default (for-loop)"
     from gpt_finetune.model import GPT, GPTConfig
 
     model = GPT(GPTConfig.from_size("gpt2-small", tie_embeddings=False))
@@ -120,8 +121,12 @@ def make_model(row: Row, dropout: float) -> tuple[torch.nn.Module, torch.optim.O
     return model.train(), opt, f"SDPA, untied head, dropout 0, head on targets only, AdamW {kind}"
 
 
-def run_row(row: Row, settings: dict[str, Any], seqs: list[list[int]]) -> dict[str, Any]:
-    """Time one row in this (fresh) process; returns its measurements."""
+def row_worker(row: Row, settings: dict[str, Any], seqs: list[list[int]], conn: Connection) -> None:
+    """In a fresh process: build the row, run the warm-up, then one timed step per request from `conn`.
+
+    Sends the row's description, then (seconds, loss, target tokens, padded tokens) per step, then the
+    process's peak RSS in GiB.
+    """
     torch.set_num_threads(settings["threads"])
     torch.manual_seed(settings["seed"])
     n = settings["warmup"] + settings["steps"]
@@ -130,6 +135,7 @@ def run_row(row: Row, settings: dict[str, Any], seqs: list[list[int]]) -> dict[s
         batches = grouped_batches(seqs, bs, seed, n, settings["mega_batches"])
     else:
         batches = book_batches(seqs, bs, seed, n)
+    batches = [batches[i % len(batches)] for i in range(n)]  # a small data set is repeated
     model, opt, detail = make_model(row, settings["reference_dropout"])
     from gpt_finetune.tasks.loss import masked_lm_loss
 
@@ -149,21 +155,45 @@ def run_row(row: Row, settings: dict[str, Any], seqs: list[list[int]]) -> dict[s
 
     for batch in batches[: settings["warmup"]]:
         step(batch)
-    timed = batches[settings["warmup"] :]
-    start = time.perf_counter()
-    losses = [step(batch) for batch in timed]
-    seconds = time.perf_counter() - start
-    tokens = sum(int((b["targets"] != IGNORE_INDEX).sum()) for b in timed)
-    padded = sum(b["targets"].numel() for b in timed)
-    return {
-        "detail": detail,
-        "seconds": seconds,
-        "examples_s": len(timed) * bs / seconds,
-        "tokens_s": tokens / seconds,
-        "padding": 1 - tokens / padded,
-        "loss": losses[-1],
-        "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-    }
+    conn.send(detail)
+    for batch in batches[settings["warmup"] :]:
+        conn.recv()
+        start = time.perf_counter()
+        loss = step(batch)
+        seconds = time.perf_counter() - start
+        conn.send((seconds, loss, int((batch["targets"] != IGNORE_INDEX).sum()), batch["targets"].numel()))
+    conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+
+
+def run_rows(settings: dict[str, Any], seqs: list[list[int]]) -> list[dict[str, Any]]:
+    """Run every row in its own spawned process, timing their steps in turn (row 1 step 1, row 2 step 1,
+    ...) so that load from other programs on the machine falls on all rows alike."""
+    ctx = mp.get_context("spawn")
+    conns, procs = [], []
+    for row in ROWS:
+        parent, child = ctx.Pipe()
+        procs.append(ctx.Process(target=row_worker, args=(row, settings, seqs, child), daemon=True))
+        procs[-1].start()
+        conns.append(parent)
+    results = [{"detail": conn.recv(), "steps": []} for conn in conns]
+    print("timed rounds done:", end="", flush=True)
+    for i in range(settings["steps"]):
+        for conn, result in zip(conns, results, strict=True):
+            conn.send(None)
+            result["steps"].append(conn.recv())
+        print(f" {i + 1}", end="", flush=True)
+    print()
+    for conn, proc, result in zip(conns, procs, results, strict=True):
+        result["peak_gib"] = conn.recv()
+        proc.join()
+        seconds, losses, tokens, padded = (list(col) for col in zip(*result["steps"], strict=True))
+        result |= {
+            "examples_s": len(seconds) * settings["batch_size"] / sum(seconds),
+            "tokens_s": sum(tokens) / sum(seconds),
+            "padding": 1 - sum(tokens) / sum(padded),
+            "loss": losses[-1],
+        }
+    return results
 
 
 def native_bf16() -> str:
@@ -184,52 +214,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mega-batches", type=int, default=50, help="batches per length-sorted chunk")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=123)
-    parser.add_argument(
-        "--reference-dropout",
-        type=float,
-        default=0.0,
-        help="HF dropout; 0 matches ours and the book's fine-tuning (GPT2Config() has 0.1)",
-    )
+    parser.add_argument("--reference-dropout", type=float, default=0.0, help="GPT2Config() has 0.1; ours 0")
     parser.add_argument("--data", type=Path, default=BOOK_DATA)
     args = parser.parse_args(argv)
 
     seqs, source = load_train_sequences(args.data)
-    lengths = [len(s) for s in seqs]
+    n_tok = [len(s) for s in seqs]
     settings = {k: v for k, v in vars(args).items() if k != "data"}
     print(f"settings: {settings}")
     print(f"torch {torch.__version__}, {args.threads} CPU threads, native bf16: {native_bf16()}")
-    print(
-        f"gpt2-small, random weights; {len(seqs)} train records from {source} "
-        f"({min(lengths)}-{max(lengths)} tokens, mean {sum(lengths) / len(lengths):.0f})"
-    )
-
-    ctx = mp.get_context("spawn")
-    results: list[dict[str, Any]] = []
-    for row in ROWS:
-        with ctx.Pool(1) as pool:
-            results.append(pool.apply(run_row, (row, settings, seqs)))
-        print(f"  done: {row.name} ({results[-1]['seconds']:.1f} s)", flush=True)
-
-    print()
+    print(f"gpt2-small, random init; {len(seqs)} train records ({min(n_tok)}-{max(n_tok)} tokens), {source}")
+    load = os.getloadavg()[0]
+    results = run_rows(settings, seqs)
+    print(f"load average before / after: {load:.1f} / {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)\n")
     print("| row | settings | examples/s | target tokens/s | padding | last loss | peak RSS GiB |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for row, r in zip(ROWS, results, strict=True):
-        print(
-            f"| {row.name} | {r['detail']} | {r['examples_s']:.2f} | {r['tokens_s']:.0f} "
-            f"| {r['padding']:.0%} | {r['loss']:.2f} | {r['peak_gib']:.2f} |"
-        )
-    print()
-    ref = results[0]["examples_s"]
-    fp32, bf16 = results[2]["examples_s"], results[3]["examples_s"]
-    best = 3 if bf16 > fp32 else 2
+        cells = f"{r['examples_s']:.2f} | {r['tokens_s']:.0f} | {r['padding']:.0%} | {r['loss']:.2f}"
+        print(f"| {row.name} | {r['detail']} | {cells} | {r['peak_gib']:.2f} |")
+    speed = [r["examples_s"] for r in results]
+    best = 3 if speed[3] > speed[2] else 2
+    verdict = "faster" if best == 3 else "not faster"
     print(
-        f"bf16 autocast is {'faster' if bf16 > fp32 else 'not faster'} on this CPU ({bf16 / fp32:.2f}x "
-        f"the fp32 grouped row); best settings: {ROWS[best].name}"
+        f"\nbf16 autocast is {verdict} on this CPU ({speed[3] / speed[2]:.2f}x fp32); best: {ROWS[best].name}"
     )
-    ups = "; ".join(
-        f"{row.name} {r['examples_s'] / ref:.2f}x" for row, r in zip(ROWS[1:], results[1:], strict=True)
-    )
-    print(f"speed-up over the reference (examples/s): {ups}; best {results[best]['examples_s'] / ref:.2f}x")
+    ups = "; ".join(f"{row.name} {s / speed[0]:.2f}x" for row, s in zip(ROWS[1:], speed[1:], strict=True))
+    print(f"speed-up over the reference (examples/s): {ups}; best: {speed[best] / speed[0]:.2f}x")
 
 
 if __name__ == "__main__":
