@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import gpt_finetune.train  # noqa: F401  (registers the ${bundled:...} resolver)
+from gpt_finetune.data.classify_datamodule import ClassificationDataModule
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule
 from gpt_finetune.tasks.instruct import InstructionTuning
 
@@ -29,13 +30,20 @@ def compose_train(tmp_path: Path, *overrides: str) -> DictConfig:
 @pytest.mark.parametrize("experiment", choices("experiment"))
 def test_experiments_compose(experiment: str, tmp_path: Path) -> None:
     cfg = compose_train(tmp_path, f"experiment={experiment}")
-    assert cfg.task.prompt_style == cfg.data.style
+    if "labels" in cfg.task:  # classification: the class names are defined once, in the data config
+        assert cfg.task.labels == cfg.data.labels and len(cfg.task.labels) >= 2
+    else:
+        assert cfg.task.prompt_style == cfg.data.style
     assert cfg.task.model == cfg.model
 
 
 @pytest.mark.parametrize("trainer", choices("trainer"))
 def test_trainer_presets_instantiate(trainer: str, tmp_path: Path) -> None:
-    cfg = compose_train(tmp_path, f"trainer={trainer}", "trainer.accelerator=cpu")
+    cfg = compose_train(tmp_path, f"trainer={trainer}")
+    if cfg.trainer.accelerator == "gpu":  # a CPU machine can build the strategy, not the GPU trainer
+        strategy = cfg.trainer.get("strategy")
+        assert strategy is None or isinstance(strategy, str) or instantiate(strategy) is not None
+        return
     assert isinstance(instantiate(cfg.trainer, logger=False), L.Trainer)
 
 
@@ -50,7 +58,8 @@ def test_callbacks_and_loggers_instantiate(group: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("data", choices("data"))
 def test_data_configs_instantiate(data: str, tmp_path: Path) -> None:
     cfg = compose_train(tmp_path, f"data={data}")
-    assert isinstance(instantiate(cfg.data, _convert_="all"), InstructionDataModule)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    assert isinstance(datamodule, (InstructionDataModule, ClassificationDataModule))
 
 
 @pytest.mark.parametrize("model", choices("model"))

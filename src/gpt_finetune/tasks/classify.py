@@ -109,11 +109,10 @@ class Classification(L.LightningModule):
                 "set task.labels=${data.labels}"
             )
         self.input_format = datamodule.input_format()
-        longest = self.input_format["width"] or self.input_format["max_length"]
         context = self.model.config.context_length
-        if longest is not None and longest > context:
+        if datamodule.longest > context:
             raise UserError(
-                f"texts are padded to {longest} tokens, over the model context {context}; "
+                f"texts are padded to {datamodule.longest} tokens, over the model context {context}; "
                 f"set data.max_length={context} (or lower)"
             )
 

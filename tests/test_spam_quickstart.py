@@ -1,0 +1,99 @@
+"""`python train.py experiment=spam-quickstart` end to end, offline, then `predict.py` on its run folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+# Any download attempt would go through a closed local port and fail: the run must not need one.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+OFFLINE |= {"no_proxy": "", "NO_PROXY": ""}
+
+
+def run(script: str, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """`python script overrides...` in the repo root, with any network access sent to a closed port."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | OFFLINE
+    command = [sys.executable, script, *overrides]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("spam") / "run"
+    done = run("train.py", "experiment=spam-quickstart", f"hydra.run.dir={folder}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+@pytest.mark.slow
+def test_spam_quickstart_writes_every_artifact(run_dir: Path) -> None:
+    assert "size: tiny" in (run_dir / "config.yaml").read_text()
+    assert any(p.name.startswith("best-") for p in (run_dir / "checkpoints").iterdir())
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("train/loss", "train/acc", "train/f1", "best_val/loss", "test/loss", "test/acc", "test/f1"):
+        assert isinstance(metrics[key], float), key
+    assert metrics["records"] == {"train": 140, "val": 20, "test": 40}
+    assert metrics["test/acc"] >= 0.8  # separable enough to learn from random init in a minute
+
+    with (run_dir / "test_predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    matrix = metrics["test/confusion_matrix"]  # rows: true label, columns: predicted
+    assert [sum(row) for row in matrix] == [sum(r["label"] == name for r in rows) for name in ("ham", "spam")]
+    assert len(rows) == 40 and list(rows[0]) == ["text", "label", "predicted", "prob_ham", "prob_spam"]
+    correct = sum(r["label"] == r["predicted"] for r in rows)
+    assert correct == matrix[0][0] + matrix[1][1] and correct / 40 == pytest.approx(metrics["test/acc"])
+    assert (run_dir / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert {"train/loss", "val/loss", "val/acc", "val/f1", "test/acc"} <= set(events.Tags()["scalars"])
+    assert "test/confusion_matrix" in events.Tags()["images"]
+
+
+@pytest.mark.slow
+def test_metrics_json_holds_the_final_val_figures(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"val/loss", "val/acc", "val/f1"} <= set(metrics)
+
+
+@pytest.mark.slow
+def test_predict_prints_a_label_and_probability_per_text(run_dir: Path, tmp_path: Path) -> None:
+    text = "WINNER! You've won a £1,000 prize: call 09061 now, it's free"
+    done = run("predict.py", f"run_dir={run_dir}", f"text={text}", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    label, probability, echoed = done.stdout.strip().splitlines()[-1].split("\t")
+    assert label in ("ham", "spam") and 0.5 <= float(probability) <= 1 and echoed == text
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("see you at lunch?\n\nFREE entry! Text WIN to 80000 to claim your prize\n")
+    done = run("predict.py", f"run_dir={run_dir}", f"file={texts}", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line.split("\t") for line in done.stdout.strip().splitlines()]
+    assert [line[2] for line in lines] == [
+        "see you at lunch?",
+        "FREE entry! Text WIN to 80000 to claim your prize",
+    ]
+    assert not list(ROOT.glob("predict.log")) and not (ROOT / ".hydra").exists()  # predict writes nothing
+
+
+def test_bad_label_exits_2_naming_file_line_and_fix(tmp_path: Path) -> None:
+    data = tmp_path / "bad.tsv"
+    data.write_text("ham\tsee you soon\nspam\tWIN now\nspma\tclaim your prize\n")
+    overrides = ["experiment=spam-quickstart", f"data.path={data}", "logger=none", "trainer.max_epochs=1"]
+    done = run("train.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}", timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr + done.stdout
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    fix = "fix the line or add the label to data.labels"
+    assert last == f"error: {data}: line 3: label 'spma' is not one of ham, spam; {fix}"
+    assert (
+        not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    )
