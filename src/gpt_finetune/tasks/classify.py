@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import lightning as L
@@ -16,7 +15,7 @@ from gpt_finetune.data.classify_datamodule import encode_texts
 from gpt_finetune.errors import UserError
 from gpt_finetune.model import GPT
 from gpt_finetune.model.build import build_gpt
-from gpt_finetune.tasks.optim import DecayOn, adamw, warmup_cosine
+from gpt_finetune.tasks.optim import DecayOn, configure_adamw
 
 Trainable = Literal["head", "last_block", "last_two_blocks", "all"]
 Pooling = Literal["last_position", "last_token", "mean"]
@@ -157,11 +156,4 @@ class Classification(L.LightningModule):
         return torch.cat(probs)
 
     def configure_optimizers(self) -> Any:
-        h = self.hparams
-        optimizer = adamw(self.model, h.lr, h.weight_decay, h.decay_on, h.betas, h.fused_adamw)
-        if h.warmup_steps == 0 and not h.cosine:
-            return optimizer  # the book: constant learning rate
-        steps = self.trainer.estimated_stepping_batches
-        total = int(steps) if math.isfinite(steps) else h.warmup_steps
-        scheduler = warmup_cosine(optimizer, h.warmup_steps, total, h.cosine, h.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_adamw(self)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -12,7 +11,7 @@ from torchmetrics import MeanMetric
 
 from gpt_finetune.model.build import build_gpt
 from gpt_finetune.tasks.loss import masked_lm_loss_sum
-from gpt_finetune.tasks.optim import DecayOn, adamw, warmup_cosine
+from gpt_finetune.tasks.optim import DecayOn, configure_adamw
 
 
 class InstructionTuning(L.LightningModule):
@@ -121,14 +120,5 @@ class InstructionTuning(L.LightningModule):
         attention = 12 * config.n_layers * config.emb_dim * width  # QK^T and AV per token, fwd + bwd
         return rows * width * (6 * matmul + attention)
 
-    def _total_steps(self) -> int:
-        steps = self.trainer.estimated_stepping_batches
-        return int(steps) if math.isfinite(steps) else self.hparams.warmup_steps
-
     def configure_optimizers(self) -> Any:
-        h = self.hparams
-        optimizer = adamw(self.model, h.lr, h.weight_decay, h.decay_on, h.betas, h.fused_adamw)
-        if h.warmup_steps == 0 and not h.cosine:
-            return optimizer  # the book: constant learning rate
-        scheduler = warmup_cosine(optimizer, h.warmup_steps, self._total_steps, h.cosine, h.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_adamw(self)

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal
 
+import lightning as L
 import torch
 from torch import nn
 
@@ -56,3 +57,18 @@ def warmup_cosine(
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def configure_adamw(module: L.LightningModule) -> Any:
+    """`configure_optimizers` for a task whose hparams hold the AdamW and schedule settings above."""
+    h = module.hparams
+    optimizer = adamw(module.model, h.lr, h.weight_decay, h.decay_on, h.betas, h.fused_adamw)
+    if h.warmup_steps == 0 and not h.cosine:
+        return optimizer  # the book: constant learning rate
+
+    def total_steps() -> int:
+        steps = module.trainer.estimated_stepping_batches
+        return int(steps) if math.isfinite(steps) else h.warmup_steps
+
+    scheduler = warmup_cosine(optimizer, h.warmup_steps, total_steps, h.cosine, h.min_lr_ratio)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
