@@ -27,6 +27,7 @@ RUN = [
     "generate.enabled=false",
     "callbacks.validation_samples=null",
     "callbacks.last_checkpoint.every_n_train_steps=5",
+    "model.dropout=0.1",  # resume must restore the random stream too
 ]
 
 

@@ -1,11 +1,14 @@
-"""`last.ckpt` at the end of training and on interruption (never on a failure)."""
+"""`last.ckpt` at the end of training and on interruption (never on a failure), with the random states."""
 
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
@@ -20,6 +23,15 @@ class LastCheckpoint(L.Callback):
 
     def __init__(self, dirpath: str) -> None:
         self.path = Path(dirpath) / "last.ckpt"
+
+    def state_dict(self) -> dict[str, Any]:
+        """The random states, saved in every checkpoint so that dropout continues identically on resume."""
+        return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "torch" in state_dict:
+            torch.set_rng_state(state_dict["torch"])
+            random.setstate(state_dict["python"])
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.save_checkpoint(self.path)

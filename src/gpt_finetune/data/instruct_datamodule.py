@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from gpt_finetune.data.collate import collate_instructions
@@ -114,6 +115,9 @@ class InstructionDataModule(L.LightningDataModule):
             sampler=sampler,
             drop_last=h.drop_last,
             trainer_ref=lambda: self.trainer,
+            # Its own generator: starting an epoch's iterator then draws nothing from the global RNG, so a
+            # resumed run's dropout stream (restored from the checkpoint) stays in step.
+            generator=torch.Generator().manual_seed(h.seed),
         )
 
     def val_dataloader(self) -> DataLoader:
