@@ -21,6 +21,7 @@ from gpt_finetune.data.classification import (
     split_examples,
 )
 from gpt_finetune.data.download import fetch, is_url
+from gpt_finetune.data.sampling import ResumableDataLoader, training_sampler
 from gpt_finetune.tokenizer import EOT_ID, gpt2_tokenizer
 
 log = logging.getLogger(__name__)
@@ -172,8 +173,22 @@ class ClassificationDataModule(L.LightningDataModule):
         return out
 
     def train_dataloader(self) -> DataLoader:
-        h = self.hparams
-        return self._loader("train", h.batch_size, shuffle=True, drop_last=h.drop_last)
+        h, dataset = self.hparams, self.datasets["train"]
+        # This rank's share of one seeded order (the trainer presets leave sharding to the DataModules).
+        sampler = training_sampler(
+            [0] * len(dataset), h.batch_size, self.trainer, shuffle=True, group_by_length=False, seed=h.seed
+        )
+        return ResumableDataLoader(
+            dataset,
+            batch_size=h.batch_size,
+            sampler=sampler,
+            drop_last=h.drop_last,
+            collate_fn=self.collate,
+            num_workers=h.num_workers,
+            persistent_workers=h.num_workers > 0,
+            trainer_ref=lambda: self.trainer,
+            generator=torch.Generator().manual_seed(h.seed),
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size)
@@ -181,14 +196,10 @@ class ClassificationDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.hparams.eval_batch_size or self.hparams.batch_size)
 
-    def _loader(
-        self, split: str, batch_size: int, shuffle: bool = False, drop_last: bool = False
-    ) -> DataLoader:
+    def _loader(self, split: str, batch_size: int) -> DataLoader:
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
             collate_fn=self.collate,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
