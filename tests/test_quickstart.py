@@ -43,6 +43,11 @@ def test_quickstart_writes_every_artifact(tmp_path: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("train/loss", "best_val/loss", "test/loss", "test/ppl"):
         assert isinstance(metrics[key], float)
+    # Throughput: ours (non-padding tokens) and Lightning's ThroughputMonitor (no MFU on a CPU).
+    for key in ("train/target_tokens_per_s", "train/device/samples_per_sec", "train/device/items_per_sec"):
+        assert metrics[key] > 0
+    assert metrics["train/device/flops_per_sec"] > 0 and "train/device/mfu" not in metrics
+    assert metrics["peak_memory_gib"] > 0
     assert metrics["records"] == {"train": 102, "test": 12, "val": 6}
 
     responses = json.loads((run_dir / "test_responses.json").read_text())

@@ -98,9 +98,9 @@ def run(cfg: DictConfig) -> float | None:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-    fit_metrics = {
-        k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))
-    }
+    # Logged metrics hold what callbacks logged directly (throughput, MFU); callback metrics the task's.
+    logged = {**trainer.logged_metrics, **trainer.callback_metrics}
+    fit_metrics = {k: float(v) for k, v in logged.items() if k.startswith(("train/", "val/"))}
     checkpoint = next(
         (c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor == cfg.monitor), None
     )

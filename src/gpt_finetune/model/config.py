@@ -61,6 +61,18 @@ class GPTConfig:
     def with_(self, **changes: Any) -> GPTConfig:
         return replace(self, **changes)
 
+    def training_flops(self, rows: int, width: int) -> int:
+        """Model FLOPs of one forward + backward pass over a `rows` x `width` batch (the MFU numerator).
+
+        6 per matmul parameter per token (the blocks, final norm and LM head at every position; embedding
+        lookups are free) plus QK^T and AV, 12 * layers * emb_dim * width per token, counted without the
+        causal mask's savings as Megatron and PaLM do.
+        """
+        c, layers = self.emb_dim, self.n_layers
+        matmul = layers * (12 * c * c + 13 * c) + 2 * c + self.vocab_size * c
+        attention = 12 * layers * c * width
+        return rows * width * (6 * matmul + attention)
+
     def to_hf(self) -> dict[str, Any]:
         """The Hugging Face `GPT2Config` dictionary for this shape."""
         return {

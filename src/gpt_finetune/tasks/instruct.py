@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 import lightning as L
@@ -42,7 +43,7 @@ class InstructionTuning(L.LightningModule):
         self._window_tokens = torch.zeros(())  # target tokens in the current accumulation window
         self._batch_shape = (0, 0)
         self._batch_tokens = 0
-        self._step_started = 0.0
+        self._batch_ends: deque[tuple[float, int]] = deque(maxlen=11)  # (time, target tokens)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)
@@ -87,6 +88,9 @@ class InstructionTuning(L.LightningModule):
                 param.grad.mul_(scale.to(param.grad.dtype))
         self._window_tokens = torch.zeros((), device=tokens.device)
 
+    def on_validation_start(self) -> None:
+        self._batch_ends.clear()  # validation time is not training time
+
     def on_validation_epoch_end(self) -> None:
         self._log_split("val")
 
@@ -100,25 +104,19 @@ class InstructionTuning(L.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
         self.log(f"{stage}/ppl", torch.exp(loss.clamp(max=50)), sync_dist=True)
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._step_started = time.perf_counter()
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        elapsed = time.perf_counter() - self._step_started
-        if elapsed > 0:
-            self.log("train/target_tokens_per_s", self._batch_tokens / elapsed, batch_size=1)
+        """Target (non-padding) tokens/s of the last 10 batches, wall time between batch ends, all ranks."""
+        self._batch_ends.append((time.perf_counter(), self._batch_tokens))
+        if len(self._batch_ends) > 1:
+            elapsed = self._batch_ends[-1][0] - self._batch_ends[0][0]
+            tokens = sum(n for _, n in list(self._batch_ends)[1:])
+            rate = torch.tensor(tokens / elapsed, device=self.device)
+            self.log("train/target_tokens_per_s", rate, batch_size=1, sync_dist=True, reduce_fx="sum")
 
     @property
     def flops_per_batch(self) -> int:
-        """Model FLOPs of the last training batch, forward + backward: 6 N per token + attention (for MFU)."""
-        rows, width = self._batch_shape
-        config = self.model.config
-        embedding = self.model.transformer.wte.weight.numel() + self.model.transformer.wpe.weight.numel()
-        # Matmul parameters: everything but the embedding lookups, plus the LM head (tied or not).
-        matmul = sum(p.numel() for p in self.model.parameters()) - embedding
-        matmul += self.model.lm_head.weight.numel() if config.tie_embeddings else 0
-        attention = 12 * config.n_layers * config.emb_dim * width  # QK^T and AV per token, fwd + bwd
-        return rows * width * (6 * matmul + attention)
+        """Model FLOPs of the last training batch, forward + backward (ThroughputMonitor's MFU reads it)."""
+        return self.model.config.training_flops(*self._batch_shape)
 
     def configure_optimizers(self) -> Any:
         return configure_adamw(self)
