@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import lightning as L
 import pytest
@@ -29,6 +30,7 @@ RUN = [
     "callbacks.last_checkpoint.every_n_train_steps=5",
     "model.dropout=0.1",  # resume must restore the random stream too
 ]
+STEPS_PER_EPOCH = 12  # 102 training records of the bundled sample, batches of 8, last one dropped
 
 
 def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -41,15 +43,22 @@ def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     )
 
 
-def start_and_wait_for_checkpoint(run_dir: Path) -> subprocess.Popen:
+def default_signal_handlers() -> None:
+    """Give the child a terminal user's SIGINT and SIGTERM dispositions (background shells ignore SIGINT)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def start_and_wait_for_checkpoint(
+    run_dir: Path, stderr: IO[str] | int = subprocess.DEVNULL
+) -> subprocess.Popen:
     """Start a training process and return once its first step checkpoint (step 5) is on disk."""
-    # Background shells hand SIGINT down as ignored; a terminal user's Ctrl-C has the default disposition.
     process = subprocess.Popen(
         [sys.executable, "train.py", *RUN, f"hydra.run.dir={run_dir}"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        stderr=stderr,
+        preexec_fn=default_signal_handlers,
     )
     deadline = time.monotonic() + 300
     while not (run_dir / "checkpoints" / "last.ckpt").is_file():
@@ -109,6 +118,43 @@ def test_sigint_saves_a_loadable_checkpoint_and_no_partial_artifacts(tmp_path: P
     assert leftovers == []
 
 
+@pytest.mark.slow
+def test_sigterm_exits_143_naming_the_resume_command_and_the_run_resumes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        process = start_and_wait_for_checkpoint(run_dir, stderr)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 143
+    stderr_text = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in stderr_text
+    assert [line for line in stderr_text.splitlines() if line.startswith("error:")] == [
+        f"error: stopped by SIGTERM; resume with: python train.py resume={run_dir}"
+    ]
+    stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 5 <= stopped_at < STEPS_PER_EPOCH
+    assert f"interrupted at step {stopped_at}" in (run_dir / "train.log").read_text()
+    unfinished = [
+        p.relative_to(run_dir)
+        for p in run_dir.rglob("*")
+        if p.name.endswith((".tmp", ".part", ".partial", ".incomplete"))
+        or p.name in ("metrics.json", "test_responses.json")
+    ]
+    assert unfinished == []
+
+    # Stop at the end of the first epoch (12 steps): its validation gives early stopping its val/loss.
+    resumed = subprocess.run(
+        [sys.executable, "train.py", f"resume={run_dir}", f"trainer.max_steps={STEPS_PER_EPOCH}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    finished = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert finished["global_step"] == STEPS_PER_EPOCH
+    assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == STEPS_PER_EPOCH
+
+
 class PoisonAtStep(L.Callback):
     """Test-only: turn a weight into NaN before the given step."""
 
@@ -121,6 +167,15 @@ class PoisonAtStep(L.Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 pl_module.model.transformer.ln_f.weight[0] = float("nan")
+
+
+def test_a_run_stopping_before_its_first_validation_keeps_one_current_last_checkpoint(tmp_path: Path) -> None:
+    # Early stopping must not demand val/loss, and Lightning's save_last must not add last-v1.ckpt.
+    done = train(tmp_path / "run", "trainer.max_steps=3", "callbacks.last_checkpoint.every_n_train_steps=50")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["last.ckpt"]
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 3
 
 
 def test_non_finite_loss_stops_with_one_line_naming_the_step() -> None:

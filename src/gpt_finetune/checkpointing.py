@@ -9,16 +9,19 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
 
-class LastCheckpoint(L.Callback):
-    """Write `last.ckpt` (atomically) when training ends and on Ctrl-C (SIGINT) or SIGTERM.
+class LastCheckpoint(Checkpoint):
+    """Write `last.ckpt` when training ends and on Ctrl-C (SIGINT) or SIGTERM.
 
     Lightning's periodic `save_last` can leave `last.ckpt` up to N - 1 steps behind the end of training;
     this keeps it current. Other exceptions (e.g. a non-finite loss) save nothing: the last good one stays.
+    As a `Checkpoint`, Lightning runs it after its ModelCheckpoints, so it writes last (a ModelCheckpoint that
+    found our file would write `last-v1.ckpt` beside it).
     """
 
     def __init__(self, dirpath: str) -> None:
