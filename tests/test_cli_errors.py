@@ -59,11 +59,26 @@ CASES = {
         ("data=sample", "data.max_length=5000"),
         ("data.max_length=5000", "context 1024", "lower data.max_length"),
     ),
+    "instruct-task-on-classification-data": Case(
+        ("data=sample_spam",),
+        (
+            "data=sample_spam holds classification data but task=instruct needs instruction data",
+            "use task=classify (or experiment=spam-quickstart)",
+        ),
+    ),
+    "classify-task-on-instruction-data": Case(
+        ("task=classify", "data=sample"),
+        (
+            "data=sample holds instruction data but task=classify needs classification data",
+            "use task=instruct (or experiment=quickstart)",
+        ),
+    ),
     "unreachable-url": Case(
         ("data.path=http://127.0.0.1:{port}/x.json", "data.cache_dir={dir}/cache"),
         ("http://127.0.0.1:{port}/x.json", "cannot download", "data.path=FILE"),
     ),
 }
+MISMATCHES = ("instruct-task-on-classification-data", "classify-task-on-instruction-data")
 # A successful run whose records are partly longer than data.max_length.
 LONG_RECORDS = [
     {**RECORD, "instruction": f"Case {i}.", "output": "word " * (200 if i % 5 == 0 else 2)} for i in range(20)
@@ -148,6 +163,12 @@ def test_bad_input_exits_2_with_one_error_line(runs: dict[str, Started], name: s
     run_dir = runs[name].folder / "run"
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "test_responses.json").exists()
     assert not list(run_dir.rglob("*.ckpt")) and not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("name", MISMATCHES)
+def test_task_data_mismatch_stops_before_the_run_writes_anything(runs: dict[str, Started], name: str) -> None:
+    assert runs[name].result.result().returncode == 2
+    assert sorted(p.name for p in (runs[name].folder / "run").iterdir()) == [".hydra", "train.log"]  # Hydra's
 
 
 def test_long_records_are_counted_in_the_log(runs: dict[str, Started]) -> None:

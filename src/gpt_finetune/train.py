@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -173,8 +175,53 @@ def check_config(cfg: DictConfig) -> None:
         problems.append(f"trainer.precision={precision} needs a GPU; on a CPU use bf16-mixed or 32-true")
     if cfg.data.get("batch_size", 1) < 1:
         problems.append(f"data.batch_size={cfg.data.batch_size} must be >= 1")
+    mismatch = task_data_mismatch(cfg)
+    if mismatch is not None:
+        problems.append(mismatch)
     if problems:
         raise UserError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """A kind of data, the task that trains on it and a recipe that pairs the two."""
+
+    name: str
+    task: str
+    recipe: str
+
+
+# The data key a task's config reads (`${data.style}`, `${data.labels}`) -> the kind of data that has it.
+DATA_KINDS = {
+    "style": DataKind("instruction", "task=instruct", "experiment=quickstart"),
+    "labels": DataKind("classification", "task=classify", "experiment=spam-quickstart"),
+}
+
+
+def task_data_mismatch(cfg: DictConfig) -> str | None:
+    """The task reads a key the data config lacks (`task=instruct data=spam`): the mismatch and the fix."""
+    task = OmegaConf.to_container(cfg.task, resolve=False)
+    reads = (re.fullmatch(r"\$\{data\.(\w+)\}", v) for v in task.values() if isinstance(v, str))
+    missing = [m.group(1) for m in reads if m is not None and m.group(1) not in cfg.data]
+    if not missing:
+        return None
+    key, task_choice, data_choice = missing[0], chosen("task", cfg), chosen("data", cfg)
+    needed = DATA_KINDS.get(key)
+    found = next((kind for marker, kind in DATA_KINDS.items() if marker in cfg.data), None)
+    if needed is None or found is None:
+        return f"{task_choice} reads data.{key}, which {data_choice} lacks; add it or choose other data"
+    return (
+        f"{data_choice} holds {found.name} data but {task_choice} needs {needed.name} data (data.{key}); "
+        f"use {found.task} (or {found.recipe})"
+    )
+
+
+def chosen(group: str, cfg: DictConfig) -> str:
+    """`group=choice` as given to Hydra, or `group._target_=...` where Hydra did not compose the config."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    if choices.get(group) is not None:
+        return f"{group}={choices[group]}"
+    return f"{group}._target_={cfg[group].get('_target_')}"
 
 
 def check_fits(cfg: DictConfig, task: L.LightningModule) -> None:
