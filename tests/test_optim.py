@@ -28,3 +28,9 @@ def test_warmup_then_cosine_to_the_floor() -> None:
     assert lrs[9] == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
     assert lrs[14:] == pytest.approx([0.1, 0.1])
     assert len(asked) == 1  # the total is asked once, when the cosine starts
+
+
+def test_adamw_uses_the_fused_kernel_unless_told_not_to() -> None:
+    model = torch.nn.Linear(4, 4)
+    assert adamw(model, lr=1e-3, weight_decay=0.1).defaults["fused"] is True  # torch would loop on a CPU
+    assert not adamw(model, lr=1e-3, weight_decay=0.1, fused=False).defaults["fused"]
