@@ -1,4 +1,4 @@
-"""`last.ckpt` at the end of training and on interruption (never on a failure), with the random states."""
+"""Checkpoints: `last.ckpt` at the end and on interruption, with the random states; streamed to disk."""
 
 from __future__ import annotations
 
@@ -9,10 +9,28 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from gpt_finetune.artifacts import atomic_path
+
 log = logging.getLogger(__name__)
+
+
+class StreamingCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, but `torch.save` streams into a temporary file beside the target, renamed
+    over it when complete: as atomic, without the whole serialized checkpoint in memory (Lightning's default
+    fills a BytesIO first, so its peak grows by the checkpoint's size: 1.8 GiB for gpt2-small with AdamW).
+    Remote paths (`s3://...`) keep Lightning's way.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if "://" in str(path) or storage_options is not None:
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 class LastCheckpoint(Checkpoint):

@@ -75,6 +75,7 @@ def train_overrides(cell: Cell, args: argparse.Namespace, run_dir: Path) -> list
         "trainer.limit_val_batches=0",
         "trainer.limit_test_batches=0",
         "callbacks=benchmark",
+        "trainer.enable_checkpointing=false",  # else Lightning adds a ModelCheckpoint that saves at the end
         "generate.enabled=false",
         *data,
         f"data.batch_size={args.batch_size}",
