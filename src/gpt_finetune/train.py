@@ -121,7 +121,7 @@ def run(cfg: DictConfig) -> float | None:
         "epochs": trainer.current_epoch,
         "records": {name: len(part) for name, part in datamodule.splits.items()},
         "seconds": time.perf_counter() - started,
-        "peak_memory_gib": peak_memory_gib(trainer),
+        "peak_memory_gib": peak_memory_gib(trainer.strategy.root_device),
     }
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
@@ -153,9 +153,8 @@ def monitored_value(trainer: L.Trainer, checkpoint: ModelCheckpoint | None, moni
     return float(last) if last is not None else None
 
 
-def peak_memory_gib(trainer: L.Trainer) -> float:
+def peak_memory_gib(device: torch.device) -> float:
     """Peak accelerator memory allocated by this process, or its peak resident memory on a CPU."""
-    device = trainer.strategy.root_device
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB

@@ -20,7 +20,6 @@ import itertools
 import json
 import multiprocessing as mp
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -125,6 +124,8 @@ def reference_loop(
     from lightning.fabric.utilities.throughput import get_available_flops
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from gpt_finetune.train import peak_memory_gib
+
     if precision not in ("32-true", "bf16-mixed"):
         return {"error": "the reference loop runs 32-true and bf16-mixed"}
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
@@ -156,16 +157,12 @@ def reference_loop(
     rows = sum(b["input_ids"].shape[0] for b in timed)
     flops = sum(config.training_flops(*b["input_ids"].shape) for b in timed)
     peak = get_available_flops(device, torch.bfloat16 if bf16 else torch.float32)
-    if device.type == "cuda":
-        peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
-    else:
-        peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {
         "samples_s": rows / seconds,
         "tokens_s": sum(b["input_ids"].numel() for b in timed) / seconds,
         "target_tokens_s": sum(int((b["targets"] != IGNORE_INDEX).sum()) for b in timed) / seconds,
         "mfu": flops / seconds / peak if peak else None,
-        "peak_gib": peak_gib,
+        "peak_gib": peak_memory_gib(device),
     }
 
 
