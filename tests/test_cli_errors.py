@@ -48,6 +48,11 @@ CASES = {
         ("{dir}/records.json", "record 0 field 'instruction' is a number", "make it a string"),
         data=json.dumps([{**RECORD, "instruction": 7}]),
     ),
+    "one-object-not-a-list": Case(
+        (),
+        ("{dir}/records.json: holds one JSON object where a list of records belongs", "wrap the records"),
+        data=json.dumps(RECORD),
+    ),
     "empty-dataset": Case((), ("{dir}/records.json", "no records", "add at least one"), data="[]"),
     "empty-split": Case((), ("the test split is empty", "data.test_fraction"), data=json.dumps([RECORD] * 3)),
     "unknown-style": Case(("data=sample", "data.style=nope"), ("'nope'", "alpaca", "phi3")),

@@ -105,6 +105,7 @@ def test_json_array_jsonl_and_bom_read_the_same(tmp_path: Path) -> None:
     assert load_records(array) == load_records(lines) == load_records(bom) == EXPECTED
 
 
+ONE_OBJECT = ("holds one JSON object where a list of records belongs",)
 BAD_FILES = {
     "malformed-array": (
         '[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "c" "output": "d"}\n]',
@@ -122,7 +123,16 @@ BAD_FILES = {
         '[{"instruction": 7, "output": "b"}]',
         ("record 0 field 'instruction' is a number, not a string", "make it a string"),
     ),
-    "null-output": ('{"instruction": "a", "output": null}', ("line 1 field 'output' is null", "make it")),
+    "null-output": (
+        '{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": null}',
+        ("line 2 field 'output' is null", "make it"),
+    ),
+    "one-object": (json.dumps(NO_INPUT), (*ONE_OBJECT, "wrap the records in [", "one record per line")),
+    "one-object-pretty": (json.dumps(NO_INPUT, indent=2), ONE_OBJECT),
+    "records-under-a-key": (
+        json.dumps({"data": RECORDS, "version": 2}),
+        (*ONE_OBJECT, "its 'data' key holds a list of 4: save that list alone"),
+    ),
     "not-an-object": (
         '{"instruction": "a", "output": "b"}\n["a", "b"]\n',
         ("line 2 is an array, not an object", "write each record as"),
@@ -142,6 +152,12 @@ def test_bad_file_is_a_one_line_error_naming_file_place_and_fix(tmp_path: Path, 
     assert message.startswith(f"{path}: ")
     for fragment in fragments:
         assert fragment in message
+
+
+def test_jsonl_file_of_one_record_is_read_but_one_object_over_several_lines_is_not(tmp_path: Path) -> None:
+    assert load_records(write(tmp_path, "one.jsonl", json.dumps(NO_INPUT) + "\n")) == [NO_INPUT]
+    pretty = write(tmp_path, "pretty.jsonl", json.dumps(NO_INPUT, indent=2))
+    assert user_error(load_records, pretty).startswith(f"{pretty}: {ONE_OBJECT[0]}; ")
 
 
 def test_missing_file_names_the_setting(tmp_path: Path) -> None:

@@ -7,12 +7,14 @@ import random
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gpt_finetune.data.download import fetch, is_url
 from gpt_finetune.errors import UserError
 
 Record = dict[str, str]
 FIELDS = ("instruction", "input", "output")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
 def load_records(source: str | Path, cache_dir: str | Path | None = None) -> list[Record]:
@@ -45,6 +47,7 @@ def parse_records(text: str, source: str) -> list[tuple[Any, str]]:
         except (ValueError, RecursionError) as error:
             raise UserError(f"{source}: invalid JSON ({unreadable(error)}); fix the file") from None
         return [(item, f"record {i}") for i, item in enumerate(items)]
+    check_not_one_object(text, source)
     pairs = []
     # Not splitlines(): U+2028, U+0085 and the like may stand raw in a JSON string; \r and \n may not.
     for number, line in enumerate(re.split(r"\r\n?|\n", text), start=1):
@@ -62,6 +65,29 @@ def parse_records(text: str, source: str) -> list[tuple[Any, str]]:
                 f"{source}: line {number} is not valid JSON ({unreadable(error)}); fix it"
             ) from None
     return pairs
+
+
+def check_not_one_object(text: str, source: str) -> None:
+    """Fail when the whole file is one JSON object: a `.json` file, or an object spread over several lines.
+
+    A one-line object in a `.jsonl` file is a JSONL file of one record and passes.
+    """
+    if not text.lstrip().startswith("{"):
+        return
+    try:
+        item = json.loads(text)
+    except (ValueError, RecursionError):
+        return  # several JSON lines (or a broken one): the JSONL reader reports it by line
+    name = urlsplit(source).path if is_url(source) else source
+    one_line = len([line for line in re.split(r"\r\n?|\n", text) if line.strip()]) == 1
+    if not isinstance(item, dict) or (one_line and Path(name).suffix.lower() in JSONL_SUFFIXES):
+        return
+    lists = [(key, len(value)) for key, value in item.items() if isinstance(value, list)]
+    hint = f" (its {lists[0][0]!r} key holds a list of {lists[0][1]}: save that list alone)" if lists else ""
+    raise UserError(
+        f"{source}: holds one JSON object where a list of records belongs{hint}; wrap the records in "
+        '[{"instruction": ..., "input": ..., "output": ...}, ...] or write one record per line (JSONL)'
+    )
 
 
 def unreadable(error: ValueError | RecursionError) -> str:
