@@ -176,7 +176,13 @@ class ClassificationDataModule(L.LightningDataModule):
         h, dataset = self.hparams, self.datasets["train"]
         # This rank's share of one seeded order (the trainer presets leave sharding to the DataModules).
         sampler = training_sampler(
-            [0] * len(dataset), h.batch_size, self.trainer, shuffle=True, group_by_length=False, seed=h.seed
+            [0] * len(dataset),
+            h.batch_size,
+            self.trainer,
+            shuffle=True,
+            group_by_length=False,
+            seed=h.seed,
+            drop_last=h.drop_last,
         )
         return ResumableDataLoader(
             dataset,

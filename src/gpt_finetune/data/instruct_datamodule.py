@@ -107,6 +107,7 @@ class InstructionDataModule(L.LightningDataModule):
             shuffle=h.shuffle,
             group_by_length=h.group_by_length,
             seed=h.seed,
+            drop_last=h.drop_last,
         )
         return self._loader(
             dataset,

@@ -6,6 +6,7 @@ on N processes with batch b sees exactly the batches of one process with batch N
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -23,8 +24,9 @@ class LengthGroupedSampler(Sampler[int]):
     """Shuffle, sort by length inside mega-batches, shuffle the global batches, then take this rank's share.
 
     Global batches hold `batch_size * num_replicas` indices of similar length; rank r takes every
-    `num_replicas`-th index of each, so its batches are also of similar length. The order depends only on
-    `seed` and the epoch (`set_epoch`).
+    `num_replicas`-th index of each, so its batches are also of similar length. Every rank yields the same
+    number of indices: with `drop_last` only whole global batches, else the order padded by repeating its
+    start (as DistributedSampler does). The order depends only on `seed` and the epoch (`set_epoch`).
     """
 
     def __init__(
@@ -35,18 +37,22 @@ class LengthGroupedSampler(Sampler[int]):
         group_batches: int = 50,
         num_replicas: int = 1,
         rank: int = 0,
+        drop_last: bool = False,
     ) -> None:
         self.lengths = list(lengths)
         self.batch_size = batch_size * num_replicas
         self.seed, self.group_batches = seed, group_batches
-        self.num_replicas, self.rank = num_replicas, rank
+        self.num_replicas, self.rank, self.drop_last = num_replicas, rank, drop_last
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(range(self.rank, len(self.lengths), self.num_replicas))
+        n = len(self.lengths)
+        if self.drop_last:
+            return n // self.batch_size * self.batch_size // self.num_replicas
+        return math.ceil(n / self.num_replicas)
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -56,10 +62,14 @@ class LengthGroupedSampler(Sampler[int]):
         for start in range(0, len(order), group):
             ordered += sorted(order[start : start + group], key=lambda i: -self.lengths[i])
         batches = [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
-        # Keep a short final batch last so that drop_last drops a short batch, not a full one.
-        full, rest = (batches[:-1], batches[-1:]) if len(batches[-1]) < self.batch_size else (batches, [])
-        shuffled = [full[b] for b in torch.randperm(len(full), generator=generator).tolist()] + rest
-        flat = [index for batch in shuffled for index in batch]
+        # A short final global batch stays last: dropped with drop_last (never a full one), else padded.
+        full, rest = (
+            (batches[:-1], batches[-1:]) if batches and len(batches[-1]) < self.batch_size else (batches, [])
+        )
+        shuffled = [full[b] for b in torch.randperm(len(full), generator=generator).tolist()]
+        flat = [index for batch in shuffled + ([] if self.drop_last else rest) for index in batch]
+        while flat and len(flat) % self.num_replicas:  # pad: every rank gets as many indices
+            flat += flat[: self.num_replicas - len(flat) % self.num_replicas]
         yield from flat[self.rank :: self.num_replicas]
 
 
@@ -71,13 +81,28 @@ def training_sampler(
     shuffle: bool,
     group_by_length: bool,
     seed: int,
+    drop_last: bool,
 ) -> Sampler[int]:
-    """This rank's training sampler: length-grouped, or a (possibly unshuffled) distributed split."""
+    """This rank's training sampler: length-grouped, or a (possibly unshuffled) distributed split.
+
+    Pass the DataLoader's `drop_last`: with it every rank keeps only whole global batches of
+    `batch_size * world size` indices, without it the order is padded, so every rank has as many batches
+    (a rank with one batch more would wait forever in its extra collective).
+    """
     num_replicas, rank = replicas(trainer)
     if group_by_length:
-        return LengthGroupedSampler(lengths, batch_size, seed=seed, num_replicas=num_replicas, rank=rank)
+        return LengthGroupedSampler(
+            lengths, batch_size, seed=seed, num_replicas=num_replicas, rank=rank, drop_last=drop_last
+        )
+    # drop_last here trims to a multiple of the world size; the DataLoader's drop_last then drops each
+    # rank's short batch, leaving floor(n / (world size * batch_size)) whole global batches.
     return DistributedSampler(
-        range(len(lengths)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
+        range(len(lengths)),
+        num_replicas=num_replicas,
+        rank=rank,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=drop_last,
     )
 
 
