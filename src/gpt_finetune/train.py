@@ -172,6 +172,13 @@ def check_config(cfg: DictConfig) -> None:
         problems.append(f"trainer.accelerator={accelerator} but no CUDA device is available; use trainer=cpu")
     elif precision.startswith("16") and not on_gpu:
         problems.append(f"trainer.precision={precision} needs a GPU; on a CPU use bf16-mixed or 32-true")
+    clips = (cfg.trainer.get("gradient_clip_val") or 0) > 0
+    if precision in ("16-mixed", "16") and cfg.task.get("fused_adamw") is True and clips:
+        # A fused AdamW unscales the GradScaler's gradients inside its step, after clipping's turn.
+        problems.append(
+            "task.fused_adamw=true cannot clip 16-mixed gradients (trainer.gradient_clip_val); "
+            "set task.fused_adamw=null (unfused when clipping) or use trainer.precision=bf16-mixed"
+        )
     if cfg.data.get("batch_size", 1) < 1:
         problems.append(f"data.batch_size={cfg.data.batch_size} must be >= 1")
     mismatch = task_data_mismatch(cfg)

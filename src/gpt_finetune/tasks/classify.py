@@ -15,7 +15,7 @@ from gpt_finetune.data.classify_datamodule import encode_texts
 from gpt_finetune.errors import UserError
 from gpt_finetune.model import GPT
 from gpt_finetune.model.build import build_gpt
-from gpt_finetune.tasks.optim import DecayOn, configure_adamw
+from gpt_finetune.tasks.optim import DecayOn, clip_gradients, configure_adamw
 
 Trainable = Literal["head", "last_block", "last_two_blocks", "all"]
 Pooling = Literal["last_position", "last_token", "mean"]
@@ -157,3 +157,11 @@ class Classification(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return configure_adamw(self)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)

@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric
 
 from gpt_finetune.model.build import build_gpt
 from gpt_finetune.tasks.loss import masked_lm_loss_sum
-from gpt_finetune.tasks.optim import DecayOn, configure_adamw
+from gpt_finetune.tasks.optim import DecayOn, clip_gradients, configure_adamw
 
 
 class InstructionTuning(L.LightningModule):
@@ -120,3 +120,11 @@ class InstructionTuning(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return configure_adamw(self)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
