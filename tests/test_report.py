@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -13,6 +14,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 from matplotlib.image import imread
 from run_dir_fixture import ROOT, copy_run, evaluate_config, quickstart_run  # noqa: F401
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -90,13 +92,15 @@ def test_report_table_has_one_row_per_test_record(evaluated: Path) -> None:
     assert tuple(header) == RECORD_COLUMNS
     assert len(rows) == len(records) == 12
     column = {name: i for i, name in enumerate(header)}
-    for row, record in zip(rows, records, strict=True):
-        assert row[column["Instruction"]] == record["instruction"]
+    per_record = json.loads((evaluated / "response_metrics.json").read_text())["per_record"]
+    for row, record, scores in zip(rows, records, per_record, strict=True):
+        assert row[column["Instruction"]] == record["instruction"] == scores["instruction"]
         assert row[column["Input"]] == record["input"]
         assert row[column["Expected"]] == record["output"]
         assert row[column["Model response"]] == record["model_response"]
-        assert row[column["Exact match"]] in ("yes", "no")
-        assert 0.0 <= float(row[column["ROUGE-L F1"]]) <= 1.0
+        assert row[column["Exact match"]] == ("yes" if scores["exact_match"] else "no")
+        assert row[column["ROUGE-L F1"]] == f"{scores['rouge_l_f1']:.4g}"  # this record's, not another's
+        assert row[column["Tokens"]] == str(scores["response_tokens"])
 
 
 def test_report_shows_config_and_final_metrics(evaluated: Path) -> None:
@@ -131,6 +135,45 @@ def test_missing_responses_are_regenerated_like_training_did(quickstart_run: Pat
     assert json.loads((run_dir / "test_responses.json").read_text()) == original
     assert json.loads((run_dir / "response_metrics.json").read_text())["source"].startswith("generated with")
     assert (run_dir / "report.html").is_file()
+
+
+def file_digests(folder: Path, skip: str | None = None) -> dict[str, str]:
+    """SHA-256 of each file under `folder` (symlinked folders followed) by relative path, but `skip`'s."""
+    digests = {}
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if Path(parent, d) != folder / (skip or "")]
+        for name in files:
+            path = Path(parent, name)
+            digests[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def test_ckpt_path_writes_into_its_own_folder_and_never_over_the_runs_files(
+    quickstart_run: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    run_dir = copy_run(quickstart_run, tmp_path / "run")
+    evaluate(evaluate_config(f"run_dir={run_dir}"))  # the run's own report, metrics, TensorBoard figures
+    before = file_digests(run_dir)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    evaluate(evaluate_config(f"ckpt_path={ckpt}", "device=cpu"))
+
+    assert file_digests(run_dir, skip="eval") == before  # nothing of the run's rewritten, nothing added
+    out = run_dir / "eval" / "last"
+    assert {p.name for p in out.iterdir()} == {
+        "test_responses.json", "response_metrics.json", "report.html", "loss.png", "tensorboard",
+    }  # fmt: skip
+    responses = json.loads((out / "test_responses.json").read_text())
+    assert len(responses) == 12 and all(isinstance(r["model_response"], str) for r in responses)
+    step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+    metrics = json.loads((out / "response_metrics.json").read_text())
+    assert (metrics["checkpoint"], metrics["global_step"]) == (str(ckpt), step)
+    assert metrics["run_dir"] == str(run_dir)
+    assert metrics["source"] == f"generated with {ckpt}" and metrics["records"] == 12
+    assert "<title>Evaluation of run: last.ckpt</title>" in (out / "report.html").read_text(encoding="utf-8")
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    [point] = events.Scalars("eval/rouge_l_f1")
+    assert (point.step, point.value) == (step, pytest.approx(metrics["rouge_l_f1"], abs=1e-6))
 
 
 def test_cli_writes_into_the_run_dir_only(quickstart_run: Path, tmp_path: Path) -> None:  # noqa: F811

@@ -1,4 +1,9 @@
-"""`evaluate(cfg)`: score a finished run's test responses, plot its losses, judge, write report.html."""
+"""`evaluate(cfg)`: score a finished run's test responses, plot its losses, judge, write report.html.
+
+Where it writes: `evaluate.py run_dir=RUN` (reusing test_responses.json, or regenerating it with the run's
+best checkpoint) writes into RUN itself; `evaluate.py ckpt_path=FILE.ckpt` evaluates another checkpoint and
+writes into `RUN/eval/<checkpoint file name without .ckpt>/`, never over the run's own files.
+"""
 
 from __future__ import annotations
 
@@ -28,13 +33,33 @@ log = logging.getLogger(__name__)
 GENERATE_KEYS = ("max_new_tokens", "batch_size", "temperature", "top_k", "seed")
 
 
+EVAL_DIR = "eval"  # RUN/eval/<checkpoint name>/: the outputs of `ckpt_path=` evaluations
+
+
 @dataclass
 class Responses:
-    """Test records with `model_response`, where they came from, and the prompt style they were made with."""
+    """Test records with `model_response`, where they came from, and the prompt style they were made with;
+    `step` is the global step of the checkpoint that generated them, when one did."""
 
     records: list[dict[str, Any]]
     source: str
     style: str
+    step: int | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """The run being evaluated (config.yaml, metrics.json, TensorBoard losses are read from it), the
+    checkpoint to generate with, and the folder the outputs go to: the run itself, or RUN/eval/<ckpt>/."""
+
+    run_dir: Path
+    ckpt: Path | None
+    out_dir: Path
+
+    @property
+    def own_folder(self) -> bool:
+        """True for a `ckpt_path=` evaluation, which writes into a folder of its own."""
+        return self.out_dir != self.run_dir
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:
@@ -47,56 +72,71 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Write response_metrics.json, loss.png, report.html (and judge_scores.json) into the run dir."""
+    """Write response_metrics.json, loss.png, report.html (and judge_scores.json) into the run dir, or
+    with `ckpt_path=` (and test_responses.json) into RUN/eval/<checkpoint name>/."""
     started = time.perf_counter()
-    run_dir, ckpt = locate(cfg.run_dir, cfg.ckpt_path)
+    target = resolve_target(cfg.run_dir, cfg.ckpt_path)
     judge = build_judge(cfg.judge)  # a bad judge config fails before any generation
-    config = run_config(run_dir)
-    responses = obtain_responses(run_dir, ckpt, cfg, config)
-    report = score_and_report(run_dir, responses, config)
-    step = int(report.train_metrics.get("global_step") or 0)
+    config = run_config(target.run_dir)
+    responses = obtain_responses(target, cfg, config)
+    report = score_and_report(target, responses, config)
+    step = responses.step if target.own_folder else None
+    step = int(report.train_metrics.get("global_step") or 0) if step is None else step
     summary = dict(report.summary)
-    to_tensorboard(run_dir, step, {f"eval/{k}": v for k, v in summary.items() if k != "records"})
+    to_tensorboard(target, step, {f"eval/{k}": v for k, v in summary.items() if k != "records"})
     log.info("responses: %s", ", ".join(f"{k} {v:.4g}" for k, v in summary.items() if v is not None))
     if judge is not None:
         judged = judge.judge(responses.records, responses.style)
-        write_json(run_dir / "judge_scores.json", judged)
+        write_json(target.out_dir / "judge_scores.json", judged)
         report.judge = judged
-        write_text(run_dir / "report.html", render_report(report))
+        write_text(target.out_dir / "report.html", render_report(report))
         to_tensorboard(
-            run_dir, step, {"judge/average": judged["average"]}, {"judge/summary": judge_text(judged)}
+            target, step, {"judge/average": judged["average"]}, {"judge/summary": judge_text(judged)}
         )
         log.info("judge: %s", judged["summary"])
         summary.update(judge_average=judged["average"], judge_scored=judged["scored"])
-    log.info("wrote %s in %.1f s", run_dir / "report.html", time.perf_counter() - started)
+    log.info("wrote %s in %.1f s", target.out_dir / "report.html", time.perf_counter() - started)
     return summary
 
 
-def score_and_report(run_dir: Path, responses: Responses, config: dict[str, Any]) -> ReportData:
+def resolve_target(run_dir: str | None, ckpt_path: str | None) -> Target:
+    """The run, the checkpoint and the output folder: RUN/eval/<ckpt stem>/ for `ckpt_path=`, else RUN."""
+    folder, ckpt = locate(run_dir, ckpt_path)
+    if ckpt_path is None or ckpt is None:
+        return Target(folder, ckpt, folder)
+    return Target(folder, ckpt.absolute(), folder / EVAL_DIR / ckpt.name.removesuffix(".ckpt"))
+
+
+def score_and_report(target: Target, responses: Responses, config: dict[str, Any]) -> ReportData:
     """Score every response, write response_metrics.json, loss.png and report.html; the report's data."""
+    run_dir, out_dir = target.run_dir, target.out_dir
     scores = [score_record(r) for r in responses.records]
     summary = summarize(scores)
     per_record = [
         {"instruction": r["instruction"], **s} for r, s in zip(responses.records, scores, strict=True)
     ]
-    write_json(
-        run_dir / "response_metrics.json", {"source": responses.source, **summary, "per_record": per_record}
-    )
+    about = {"source": responses.source}
+    if target.own_folder:
+        about |= {"run_dir": str(run_dir), "checkpoint": str(target.ckpt), "global_step": responses.step}
+    write_json(out_dir / "response_metrics.json", {**about, **summary, "per_record": per_record})
     loss_png = plot_losses(read_scalars(run_dir / "tensorboard"))
     if loss_png is not None:
-        with atomic_path(run_dir / "loss.png") as tmp:
+        with atomic_path(out_dir / "loss.png") as tmp:
             tmp.write_bytes(loss_png)
+    notes = [f"Run directory: {run_dir}", f"Responses: {responses.source}"]
+    if target.own_folder:
+        notes.append(f"Checkpoint: {target.ckpt} (step {responses.step})")
     report = ReportData(
-        title=f"Evaluation of {run_dir.name}",
+        title=f"Evaluation of {run_dir.name}" + (f": {target.ckpt.name}" if target.own_folder else ""),
         records=responses.records,
         scores=scores,
         summary=summary,
         loss_png=loss_png,
         config_yaml=(run_dir / "config.yaml").read_text(encoding="utf-8") if config else None,
         train_metrics=read_json(run_dir / "metrics.json"),
-        notes=[f"Run directory: {run_dir}", f"Responses: {responses.source}"],
+        notes=notes,
     )
-    write_text(run_dir / "report.html", render_report(report))
+    write_text(out_dir / "report.html", render_report(report))
     return report
 
 
@@ -108,10 +148,10 @@ def build_judge(node: DictConfig) -> Judge | None:
     return instantiate(node, _partial_=True)()
 
 
-def obtain_responses(run_dir: Path, ckpt: Path | None, cfg: DictConfig, config: dict[str, Any]) -> Responses:
-    """Reuse test_responses.json, or (re)generate it with the checkpoint and write it into the run dir."""
-    path = run_dir / "test_responses.json"
-    if path.is_file() and not cfg.regenerate and cfg.ckpt_path is None:
+def obtain_responses(target: Target, cfg: DictConfig, config: dict[str, Any]) -> Responses:
+    """Reuse the run's test_responses.json, or (re)generate it with the checkpoint into the output folder."""
+    run_dir, ckpt, path = target.run_dir, target.ckpt, target.out_dir / "test_responses.json"
+    if path.is_file() and not cfg.regenerate and not target.own_folder:
         records = read_responses(path)
         return Responses(records, f"{path.name} (reused)", saved_style(config, ckpt))
     if ckpt is None:
@@ -126,7 +166,7 @@ def obtain_responses(run_dir: Path, ckpt: Path | None, cfg: DictConfig, config: 
     log.info("generating %d test responses with %s (%s)", len(records), ckpt, settings)
     generated = generate_responses(finetuned.model, records, finetuned.prompt_style, **settings)
     write_json(path, generated)
-    return Responses(generated, f"generated with {ckpt}", finetuned.prompt_style)
+    return Responses(generated, f"generated with {ckpt}", finetuned.prompt_style, finetuned.global_step)
 
 
 def read_responses(path: Path) -> list[dict[str, Any]]:
@@ -169,11 +209,14 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def to_tensorboard(
-    run_dir: Path, step: int, scalars: dict[str, Any], texts: dict[str, str] | None = None
+    target: Target, step: int, scalars: dict[str, Any], texts: dict[str, str] | None = None
 ) -> None:
-    """Add to the run's TensorBoard event files, when the run has a tensorboard/ folder."""
-    if (run_dir / "tensorboard").is_dir():
-        add_summaries(run_dir / "tensorboard", step, scalars, texts)
+    """Add to the run's TensorBoard event files, when the run has a tensorboard/ folder; a `ckpt_path=`
+    evaluation writes its own, RUN/eval/<ckpt>/tensorboard (a run of its own for `tensorboard --logdir`)."""
+    if target.own_folder:
+        add_summaries(target.out_dir / "tensorboard", step, scalars, texts)
+    elif (target.run_dir / "tensorboard").is_dir():
+        add_summaries(target.run_dir / "tensorboard", step, scalars, texts)
 
 
 def judge_text(judged: dict[str, Any]) -> str:
