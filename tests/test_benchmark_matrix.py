@@ -7,15 +7,18 @@ from pathlib import Path
 import pytest
 
 from gpt_finetune.benchmarks import matrix
+from gpt_finetune.benchmarks.data_file import data_path
 
 
 @pytest.mark.slow
 def test_matrix_table_has_a_measured_row_per_cell_and_reasons_for_impossible_ones(tmp_path: Path) -> None:
     out = tmp_path / "matrix"
     argv = ["--sizes", "tiny", "--precisions", "32-true,16-mixed", "--steps", "12", "--accelerator", "cpu"]
-    matrix.main([*argv, "--data", str(tmp_path / "absent.json"), "--out", str(out)])
+    matrix.main([*argv, "--data", "sample", "--out", str(out)])
 
-    rows = [line.split("|")[1:-1] for line in (out / "matrix.md").read_text().splitlines()[2:]]
+    written = (out / "matrix.md").read_text().splitlines()
+    assert written[-1].startswith(f"data: {data_path('sample')}; batch 8 per device, 12 steps")
+    rows = [line.split("|")[1:-1] for line in written[2:] if line.startswith("|")]
     rows = [[cell.strip() for cell in row] for row in rows]
     assert [row[:4] for row in rows] == [
         ["tiny", "32-true", "1", "reference: transformers loop"],

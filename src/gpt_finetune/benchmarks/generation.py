@@ -1,26 +1,25 @@
 """Generation speed: the book's one-prompt full-recompute loop vs. batched decoding with a KV cache.
 
-    python -m gpt_finetune.benchmarks.generation [--size gpt2-small] [--prompts 32] [--new-tokens 256]
+    python -m gpt_finetune.benchmarks.generation [--size gpt2-small] [--prompts 32] [--new-tokens 256] \
+        [--data ../shared/data/instruction-data.json | sample]
 
-Random weights, end-of-text disabled so every response has exactly `--new-tokens` tokens.
+Random weights, end-of-text disabled so every response has exactly `--new-tokens` tokens. Prompts come from
+`--data` (default: the book's data beside the checkout; a missing file is an error, never a fallback).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
-from importlib import resources
 from pathlib import Path
 
 import torch
 
+from gpt_finetune.benchmarks.data_file import add_data_argument, read_data
 from gpt_finetune.data.prompts import format_prompt
 from gpt_finetune.model import GPT, GPTConfig
 from gpt_finetune.tokenizer import gpt2_tokenizer
-
-BOOK_DATA = Path("../shared/data/instruction-data.json")
 
 
 @torch.no_grad()
@@ -37,15 +36,11 @@ def book_generate(model: GPT, prompt: list[int], max_new_tokens: int, eos_id: in
     return new
 
 
-def load_prompts(path: Path | None, n: int) -> list[list[int]]:
-    """The first `n` Alpaca prompts of the book's data (or the bundled sample), tokenised."""
-    if path is not None and path.is_file():
-        records = json.loads(path.read_text(encoding="utf-8"))
-    else:
-        sample = resources.files("gpt_finetune.data") / "sample_instructions.json"
-        records = json.loads(sample.read_text(encoding="utf-8"))
+def load_prompts(data: str | Path | None, n: int) -> tuple[list[list[int]], Path]:
+    """The first `n` Alpaca prompts of the `--data` file, tokenised, and the file's path."""
+    records, path = read_data(data)
     tok = gpt2_tokenizer()
-    return [tok.encode(format_prompt(r)) for r in records[:n]]
+    return [tok.encode(format_prompt(r), disallowed_special=()) for r in records[:n]], path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,13 +50,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--reference-prompts", type=int, default=4, help="prompts timed with the book's loop")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--data", type=Path, default=BOOK_DATA)
+    add_data_argument(parser)
     args = parser.parse_args(argv)
 
+    prompts, path = load_prompts(args.data, args.prompts)  # before any work: a bad --data fails at once
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_size(args.size)).eval()
-    prompts = load_prompts(args.data, args.prompts)
     lengths = [len(p) for p in prompts]
+    print(f"data: {path}")
     print(
         f"{args.size}, random weights, {torch.get_num_threads()} CPU threads, {len(prompts)} prompts "
         f"({min(lengths)}-{max(lengths)} tokens) x {args.new_tokens} new tokens"

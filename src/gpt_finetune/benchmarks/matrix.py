@@ -2,14 +2,17 @@
 
     python -m gpt_finetune.benchmarks.matrix --sizes gpt2-small,gpt2-medium \
         --precisions 32-true,bf16-mixed --devices 1,2 --compile false,true \
-        [--steps 30] [--batch-size 8] [--accelerator gpu] [-- key=value ...]
+        [--steps 30] [--batch-size 8] [--accelerator gpu] \
+        [--data ../shared/data/instruction-data.json | sample] [-- key=value ...]
 
 Run from the project checkout. Each cell is a real `python train.py` run (random init, no validation, test
 or generation; Lightning's ThroughputMonitor and DDP through the trainer presets) in its own process, so its
 peak memory is its own; the figures are the monitor's last 10-step window, after warm-up and compilation.
 Beside each size and precision, a reference: a plain PyTorch loop over `transformers.GPT2LMHeadModel` on one
 device (AdamW, the book's batching, autocast for bf16-mixed), timed over its last 10 steps the same way.
-Cells the machine cannot run keep their one-line reason. Timings are printed, never asserted.
+Cells the machine cannot run keep their one-line reason. Timings are printed, never asserted. Every cell and
+the reference train on `--data` (default: the book's data beside the checkout; `sample`: the bundled sample);
+a missing file is an error before any cell runs, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from gpt_finetune.artifacts import write_text
-from gpt_finetune.benchmarks.training import BOOK_DATA, book_batches, load_train_sequences
+from gpt_finetune.benchmarks.data_file import SAMPLE, add_data_argument, read_data
+from gpt_finetune.benchmarks.training import book_batches, load_train_sequences
 from gpt_finetune.data.collate import IGNORE_INDEX
 from gpt_finetune.model import GPTConfig
 
@@ -61,7 +65,7 @@ def train_overrides(cell: Cell, args: argparse.Namespace, run_dir: Path) -> list
     """`train.py` overrides for a throughput-only run of `cell`."""
     gpu = args.accelerator == "gpu"
     preset = ("ddp" if gpu else "ddp_cpu") if cell.devices > 1 else ("gpu" if gpu else "cpu")
-    data = [f"data.path={args.data.resolve()}"] if args.data.is_file() else ["data=sample"]
+    data = ["data=sample"] if args.data_name == SAMPLE else [f"data.path={args.data}"]
     return [
         f"model={cell.size}",
         "model.pretrained=false",
@@ -210,7 +214,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per cell (>= 12)")
     parser.add_argument("--batch-size", type=int, default=8, help="per device")
     parser.add_argument("--accelerator", choices=("cpu", "gpu"), default=None, help="default: gpu if any")
-    parser.add_argument("--data", type=Path, default=BOOK_DATA, help="instruction JSON; else the sample")
+    add_data_argument(parser)
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--no-reference", action="store_true", help="skip the transformers loop")
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/benchmarks/matrix-<time>")
@@ -218,6 +222,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.steps < WINDOW + 2:
         parser.error(f"--steps must be >= {WINDOW + 2} (a {WINDOW}-step window after warm-up)")
+    args.data_name, (_, args.data) = args.data, read_data(args.data)  # checked before any cell runs
     args.accelerator = args.accelerator or ("gpu" if torch.cuda.is_available() else "cpu")
     args.out = (args.out or Path("outputs/benchmarks") / time.strftime("matrix-%Y%m%d-%H%M%S")).resolve()
     return args
@@ -233,11 +238,11 @@ def main(argv: list[str] | None = None) -> None:
         Cell(size, precision, int(devices), compile == "true")
         for size, precision, devices, compile in itertools.product(*(axis.split(",") for axis in axes))
     ]
-    source = args.data if args.data.is_file() else "bundled sample_instructions.json"
-    print(
-        f"torch {torch.__version__}, {args.accelerator}, {os.cpu_count()} CPUs; data: {source}; "
-        f"batch {args.batch_size} per device, {args.steps} steps, figures over the last {WINDOW}"
+    setting = (
+        f"data: {args.data}; batch {args.batch_size} per device, {args.steps} steps, "
+        f"figures over the last {WINDOW}"
     )
+    print(f"torch {torch.__version__}, {args.accelerator}, {os.cpu_count()} CPUs; {setting}")
     lines = [
         "| model | precision | devices | compile | samples/s | tokens/s | target tokens/s | MFU | peak GiB "
         "| vs reference |",
@@ -258,8 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(table_row(label, result, references.get(key)))
         print(lines[-1], flush=True)
     table = "\n".join(lines) + "\n"
-    write_text(args.out / "matrix.md", table)
-    print(f"\n{table}\n{NOTES}\nwrote {args.out / 'matrix.md'}")
+    write_text(args.out / "matrix.md", f"{table}\n{setting}\n")  # the figures with the data they came from
+    print(f"\n{table}\n{setting}\n{NOTES}\nwrote {args.out / 'matrix.md'}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Training speed: a plain Hugging Face GPT-2 loop with the book's batching vs. our GPT, loss and batching.
 
-    python -m gpt_finetune.benchmarks.training [--steps 15] [--warmup 2] [--batch-size 8] [--threads N]
+    python -m gpt_finetune.benchmarks.training [--steps 15] [--warmup 2] [--batch-size 8] [--threads N] \
+        [--data ../shared/data/instruction-data.json | sample]
 
-gpt2-small, random weights, CPU, on the book's instruction train split (first 85 %). Every row lives in its
+gpt2-small, random weights, CPU, on the train split (first 85 %) of `--data` (default: the book's instruction
+data beside the checkout; a missing file is an error, never a fallback). Every row lives in its
 own spawned process (so its peak RSS is its own; all four are alive at once, ~3.5 GiB each), does `--warmup`
 untimed steps, then the rows take turns, one timed step each, so that load from other programs falls on
 all rows alike. Rows with book batching see the same batches in the same order; the length-grouped rows see
@@ -13,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import multiprocessing as mp
 import os
 import resource
 import time
 from dataclasses import dataclass
 from functools import partial
-from importlib import resources
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from gpt_finetune.benchmarks.data_file import add_data_argument, read_data
 from gpt_finetune.data.collate import IGNORE_INDEX, collate_instructions
 from gpt_finetune.data.prompts import format_example
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
-BOOK_DATA = Path("../shared/data/instruction-data.json")
 TRAIN_FRACTION = 0.85
 
 
@@ -55,16 +55,12 @@ ROWS = (
 )
 
 
-def load_train_sequences(path: Path | None) -> tuple[list[list[int]], str]:
-    """Token ids of prompt + response for the book's train split (or the bundled sample), and its source."""
-    if path is not None and path.is_file():
-        records, source = json.loads(path.read_text(encoding="utf-8")), str(path)
-    else:
-        sample = resources.files("gpt_finetune.data") / "sample_instructions.json"
-        records, source = json.loads(sample.read_text(encoding="utf-8")), "bundled sample_instructions.json"
+def load_train_sequences(data: str | Path | None) -> tuple[list[list[int]], Path]:
+    """Token ids of prompt + response for the train split of the `--data` file, and the file's path."""
+    records, path = read_data(data)
     train = records[: int(len(records) * TRAIN_FRACTION)]
     tok = gpt2_tokenizer()
-    return [tok.encode(format_example(r, "alpaca"), disallowed_special=()) for r in train], source
+    return [tok.encode(format_example(r, "alpaca"), disallowed_special=()) for r in train], path
 
 
 def book_batches(seqs: list[list[int]], batch_size: int, seed: int, n: int) -> list[dict[str, torch.Tensor]]:
@@ -215,15 +211,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--reference-dropout", type=float, default=0.0, help="GPT2Config() has 0.1; ours 0")
-    parser.add_argument("--data", type=Path, default=BOOK_DATA)
+    add_data_argument(parser)
     args = parser.parse_args(argv)
 
-    seqs, source = load_train_sequences(args.data)
+    seqs, source = load_train_sequences(args.data)  # before any work: a bad --data fails at once
     n_tok = [len(s) for s in seqs]
     settings = {k: v for k, v in vars(args).items() if k != "data"}
     print(f"settings: {settings}")
     print(f"torch {torch.__version__}, {args.threads} CPU threads, native bf16: {native_bf16()}")
-    print(f"gpt2-small, random init; {len(seqs)} train records ({min(n_tok)}-{max(n_tok)} tokens), {source}")
+    print(f"data: {source}")
+    print(f"gpt2-small, random init; {len(seqs)} train records ({min(n_tok)}-{max(n_tok)} tokens)")
     load = os.getloadavg()[0]
     results = run_rows(settings, seqs)
     print(f"load average before / after: {load:.1f} / {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)\n")
