@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy, Strategy
 from omegaconf import DictConfig
+from torch.distributed.fsdp import ShardingStrategy
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 import gpt_finetune.train  # noqa: F401  (registers the ${bundled:...} resolver)
+from gpt_finetune.checkpointing import StreamingCheckpointIO
 from gpt_finetune.data.classify_datamodule import ClassificationDataModule
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule
+from gpt_finetune.model.gpt import Block
 from gpt_finetune.tasks.instruct import InstructionTuning
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -37,14 +48,85 @@ def test_experiments_compose(experiment: str, tmp_path: Path) -> None:
     assert cfg.task.model == cfg.model
 
 
-@pytest.mark.parametrize("trainer", choices("trainer"))
-def test_trainer_presets_instantiate(trainer: str, tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class Preset:
+    """What a trainer preset promises: accelerator, devices (-1: every GPU), precision, strategy class."""
+
+    accelerator: str
+    devices: int
+    precision: str
+    strategy: type[Strategy]
+
+
+PRESETS = {
+    "default": Preset("auto", 1, "32-true", SingleDeviceStrategy),
+    "cpu": Preset("cpu", 1, "32-true", SingleDeviceStrategy),
+    "gpu": Preset("gpu", 1, "bf16-mixed", SingleDeviceStrategy),
+    "ddp": Preset("gpu", -1, "bf16-mixed", DDPStrategy),
+    "fsdp": Preset("gpu", -1, "bf16-mixed", FSDPStrategy),
+    "ddp_cpu": Preset("cpu", 2, "32-true", DDPStrategy),
+}
+
+
+def test_every_trainer_preset_has_its_promises_listed() -> None:
+    assert sorted(PRESETS) == choices("trainer")
+
+
+def build_trainer(cfg: DictConfig, on_cpu: bool) -> L.Trainer:
+    """The preset's real Trainer; `on_cpu`: a GPU preset built on the CPU, with 2 processes for "all GPUs"."""
+    overrides: dict[str, object] = {}
+    if on_cpu and cfg.trainer.accelerator == "gpu":
+        overrides["accelerator"] = "cpu"
+        overrides["devices"] = 2 if cfg.trainer.devices == -1 else cfg.trainer.devices
+    return instantiate(cfg.trainer, logger=False, **overrides)
+
+
+def check_trainer(trainer: L.Trainer, name: str, devices: int) -> None:
+    """The built Trainer keeps the preset's precision, strategy and device count; plus strategy details."""
+    promise = PRESETS[name]
+    assert trainer.precision == promise.precision
+    assert type(trainer.strategy) is promise.strategy
+    assert trainer.num_devices == trainer.world_size == devices
+    assert isinstance(trainer.strategy.checkpoint_io, StreamingCheckpointIO)  # from trainer/default.yaml
+    if promise.strategy is DDPStrategy:  # the script re-launched per rank, not spawned (ddp_spawn)
+        assert trainer.strategy._start_method == "popen"
+    if name == "ddp_cpu":
+        assert trainer.strategy._process_group_backend == "gloo"
+    if name == "fsdp":
+        check_fsdp(trainer.strategy)
+
+
+def check_fsdp(strategy: FSDPStrategy) -> None:
+    """Full sharding, full state dicts (loadable without FSDP), one FSDP unit per transformer block."""
+    assert strategy.sharding_strategy == ShardingStrategy.FULL_SHARD
+    assert strategy._state_dict_type == "full"
+    policy = strategy.kwargs["auto_wrap_policy"]
+    assert isinstance(policy, ModuleWrapPolicy) and policy._module_classes == {Block}
+
+
+@pytest.mark.parametrize("trainer", sorted(PRESETS))
+def test_trainer_presets_build_the_trainer_they_promise(trainer: str, tmp_path: Path) -> None:
     cfg = compose_train(tmp_path, f"trainer={trainer}")
-    if cfg.trainer.accelerator == "gpu":  # a CPU machine can build the strategy, not the GPU trainer
-        strategy = cfg.trainer.get("strategy")
-        assert strategy is None or isinstance(strategy, str) or instantiate(strategy) is not None
+    promise = PRESETS[trainer]
+    assert (cfg.trainer.accelerator, cfg.trainer.devices) == (promise.accelerator, promise.devices)
+    if trainer == "fsdp":  # Lightning runs FSDP on CUDA only: the CPU can check the strategy, not the Trainer
+        with pytest.raises(InstantiationException, match="`fsdp` requires a GPU accelerator"):
+            build_trainer(cfg, on_cpu=True)
+        check_fsdp(instantiate(cfg.trainer.strategy))
         return
-    assert isinstance(instantiate(cfg.trainer, logger=False), L.Trainer)
+    built = build_trainer(cfg, on_cpu=True)
+    auto = CUDAAccelerator if torch.cuda.is_available() else CPUAccelerator
+    assert isinstance(built.accelerator, {"auto": auto}.get(promise.accelerator, CPUAccelerator))
+    check_trainer(built, trainer, 2 if promise.devices == -1 else promise.devices)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("trainer", ["gpu", "ddp", "fsdp"])
+def test_gpu_presets_build_on_cuda_unchanged(trainer: str, tmp_path: Path) -> None:
+    built = build_trainer(compose_train(tmp_path, f"trainer={trainer}"), on_cpu=False)
+    assert isinstance(built.accelerator, CUDAAccelerator)
+    check_trainer(built, trainer, 1 if trainer == "gpu" else torch.cuda.device_count())
 
 
 @pytest.mark.parametrize("group", ["callbacks", "logger"])
@@ -52,7 +134,10 @@ def test_callbacks_and_loggers_instantiate(group: str, tmp_path: Path) -> None:
     for choice in choices(group):
         cfg = compose_train(tmp_path, f"{group}={choice}")
         nodes = [node for node in cfg[group].values() if node is not None]  # null switches one off
-        assert all(instantiate(node) is not None for node in nodes)
+        kind = Callback if group == "callbacks" else Logger
+        for node in nodes:  # each a real Lightning callback / logger the Trainer accepts, of its _target_
+            built = instantiate(node)
+            assert isinstance(built, kind) and type(built) is get_class(node._target_), node._target_
         assert nodes or choice == "none"
 
 
