@@ -24,6 +24,7 @@ from gpt_finetune.evaluation.classification import (
     read_texts,
 )
 from gpt_finetune.tasks.classify import Classification, pool
+from gpt_finetune.tokenizer import gpt2_tokenizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY = {"size": "tiny", "pretrained": False, "context_length": 64}
@@ -203,7 +204,17 @@ def test_predict_prints_label_and_probability(fitted: tuple, capsys: pytest.Capt
     )
     [(label, probability, _)] = predict(cfg)
     assert capsys.readouterr().out == f"{label}\t{probability:.4f}\tWIN a FREE prize\n"
-    assert label in LABELS and 0.5 <= probability <= 1
+    # The book's computation, by hand: the text right-padded with end-of-text to the training width, the
+    # head's logits at the last position of a fresh model holding the best checkpoint's weights, softmax.
+    saved = torch.load(find_checkpoint(str(out)), weights_only=True)
+    ids = gpt2_tokenizer().encode("WIN a FREE prize")
+    ids += [50256] * (saved["input_format"]["width"] - len(ids))
+    reference = classifier()
+    reference.load_state_dict(saved["state_dict"])
+    with torch.no_grad():
+        probs = torch.softmax(reference.model(torch.tensor([ids]))[0, -1].double(), dim=-1)
+    assert label == LABELS[int(probs.argmax())]
+    assert probability == pytest.approx(float(probs.max()), abs=1e-6)
 
 
 def test_confusion_figure_writes_each_count() -> None:

@@ -69,18 +69,29 @@ def test_predict_prints_a_label_and_probability_per_text(run_dir: Path, tmp_path
     text = "WINNER! You've won a £1,000 prize: call 09061 now, it's free"
     done = run("predict.py", f"run_dir={run_dir}", f"text={text}", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    label, probability, echoed = done.stdout.strip().splitlines()[-1].split("\t")
-    assert label in ("ham", "spam") and 0.5 <= float(probability) <= 1 and echoed == text
+    single = done.stdout.strip().splitlines()[-1]
+    label, _, echoed = single.split("\t")
+    assert label in ("ham", "spam") and echoed == text
 
+    # The test texts as the run's test step scored them (test_predictions.csv, from the best checkpoint):
+    # predict.py must give each the same label and the same top probability.
+    with (run_dir / "test_predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    tested = [r for r in rows if r["text"].strip() and r["text"].splitlines() == [r["text"]]]
+    tested = [r for r in tested if "\t" not in r["text"]]  # one text per line, its echo after two tabs
+    assert len(tested) >= 30
     texts = tmp_path / "texts.txt"
-    texts.write_text("see you at lunch?\n\nFREE entry! Text WIN to 80000 to claim your prize\n")
+    two = ["see you at lunch?", "FREE entry! Text WIN to 80000 to claim your prize"]
+    texts.write_text(f"{two[0]}\n\n{two[1]}\n" + "".join(r["text"] + "\n" for r in tested) + text + "\n")
     done = run("predict.py", f"run_dir={run_dir}", f"file={texts}", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = [line.split("\t") for line in done.stdout.strip().splitlines()]
-    assert [line[2] for line in lines] == [
-        "see you at lunch?",
-        "FREE entry! Text WIN to 80000 to claim your prize",
-    ]
+    lines = done.stdout.strip().splitlines()
+    assert [line.split("\t", 2)[2] for line in lines] == [*two, *(r["text"] for r in tested), text]
+    for line, row in zip(lines[2:-1], tested, strict=True):
+        predicted, probability, _ = line.split("\t", 2)
+        top = max(float(row["prob_ham"]), float(row["prob_spam"]))
+        assert predicted == row["predicted"] and abs(float(probability) - top) <= 6e-5, (line, row)
+    assert lines[-1] == single  # the same answer alone and in a batch
     assert not list(ROOT.glob("predict.log")) and not (ROOT / ".hydra").exists()  # predict writes nothing
 
 
