@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
+from tqdm import tqdm
+
 from gpt_finetune.data.instructions import Record
 from gpt_finetune.data.prompts import format_prompt
 from gpt_finetune.model import GPT
@@ -19,8 +26,14 @@ def generate_responses(
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int | None = None,
+    progress: bool = False,
+    trainer: L.Trainer | None = None,
 ) -> list[dict[str, object]]:
-    """Each record plus `model_response` (text up to end-of-text) and `stopped` (whether it reached it)."""
+    """Each record plus `model_response` (text up to end-of-text) and `stopped` (whether it reached it).
+
+    `progress` shows a bar of the records done: a row in the `trainer`'s live rich progress bar where it
+    has one (a second live display cannot run beside it), else a tqdm bar on stderr.
+    """
     tokenizer = gpt2_tokenizer()
     prompts = [tokenizer.encode(format_prompt(r, style), disallowed_special=()) for r in records]
     room = model.config.context_length - max_new_tokens
@@ -28,17 +41,38 @@ def generate_responses(
         raise ValueError(
             f"max_new_tokens={max_new_tokens} leaves no room in a {model.config.context_length} context"
         )
-    outputs = model.generate(
-        [p[-room:] for p in prompts],
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        seed=seed,
-        batch_size=batch_size,
-    )
+    with progress_bar(len(records), progress, trainer) as advance:
+        outputs = model.generate(
+            [p[-room:] for p in prompts],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+            batch_size=batch_size,
+            on_batch=advance,
+        )
     results = []
     for record, tokens in zip(records, outputs, strict=True):
         stopped = bool(tokens) and tokens[-1] == EOS_ID
         text = tokenizer.decode(tokens[:-1] if stopped else tokens)
         results.append({**record, "model_response": text.strip(), "stopped": stopped})
     return results
+
+
+@contextmanager
+def progress_bar(
+    total: int, shown: bool, trainer: L.Trainer | None
+) -> Iterator[Callable[[int], None] | None]:
+    """`advance(n)` for `total` responses: a row in the trainer's live rich bar, a tqdm bar, or None."""
+    if not shown:
+        yield None
+        return
+    bar = trainer.progress_bar_callback if trainer is not None else None
+    live = bar.progress if isinstance(bar, RichProgressBar) and bar.is_enabled else None
+    if live is not None and live.live.is_started:
+        task = live.add_task("Responses", total=total)
+        yield lambda n: live.update(task, advance=n, refresh=True)
+        live.update(task, visible=False)  # the bar's rows are Lightning's again
+        return
+    with tqdm(total=total, desc="responses", unit="record", dynamic_ncols=True) as records:
+        yield records.update

@@ -7,7 +7,7 @@ outgrows the context window the last `context_length` tokens are re-encoded each
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,12 +31,14 @@ def generate(
     seed: int | None = None,
     batch_size: int | None = None,
     use_cache: bool = True,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[list[int]]:
     """New tokens for each prompt (ending with `eos_id` where the row stopped on it), in prompt order.
 
     `temperature=0` is greedy; otherwise logits are divided by it and sampled, from the `top_k` most
     likely tokens when given. `batch_size` bounds how many prompts decode together (similar lengths
-    are grouped to save padding); `seed` makes sampling reproducible.
+    are grouped to save padding); `seed` makes sampling reproducible. `on_batch(n)` is called after each
+    batch with the number of prompts it finished (a progress bar).
     """
     rows = [list(map(int, p)) for p in (prompts.tolist() if isinstance(prompts, torch.Tensor) else prompts)]
     if any(len(r) == 0 for r in rows):
@@ -65,6 +67,8 @@ def generate(
             )
             for i, tokens in zip(index, new, strict=True):
                 outputs[i] = tokens
+            if on_batch is not None:
+                on_batch(len(index))
     finally:
         model.train(was_training)
     return outputs
