@@ -71,8 +71,10 @@ def progress_bar(
     live = bar.progress if isinstance(bar, RichProgressBar) and bar.is_enabled else None
     if live is not None and live.live.is_started:
         task = live.add_task("Responses", total=total)
-        yield lambda n: live.update(task, advance=n, refresh=True)
-        live.update(task, visible=False)  # the bar's rows are Lightning's again
+        try:
+            yield lambda n: live.update(task, advance=n, refresh=True)
+        finally:
+            live.update(task, visible=False)  # the bar's rows are Lightning's again
         return
     with tqdm(total=total, desc="responses", unit="record", dynamic_ncols=True) as records:
         yield records.update
