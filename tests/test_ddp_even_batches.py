@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from ddp_faults import end_job, train_job
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from gpt_finetune.data.sampling import training_sampler
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def rank_batches(
@@ -29,7 +27,11 @@ def rank_batches(
     sampler = training_sampler(lengths, batch_size, trainer, seed=3, **options)
     sampler.set_epoch(epoch)
     loader = DataLoader(
-        list(range(n)), batch_size=batch_size, sampler=sampler, drop_last=options["drop_last"], collate_fn=list
+        list(range(n)),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=options["drop_last"],
+        collate_fn=list,
     )
     batches = list(loader)
     return batches, len(loader), len(sampler), len(list(sampler))
@@ -75,7 +77,7 @@ def test_every_rank_gets_the_batches_of_one_global_order(
 
 def write_records(path: Path, n: int) -> Path:
     """`n` instruction records of varied lengths."""
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
     records = [
         {"instruction": f"Repeat {i}: " + " ".join(words[: 1 + i % 10]), "input": "", "output": words[i % 10]}
         for i in range(n)
@@ -89,22 +91,22 @@ def test_two_ranks_finish_on_an_odd_length_grouped_split(tmp_path: Path) -> None
     """37 records: a 31-record training split in global batches of 2 x 8 (it hung: rank 0 had 2 batches,
     rank 1 one)."""
     data = write_records(tmp_path / "records.json", 37)
-    command = [
-        sys.executable,
-        "train.py",
-        "experiment=quickstart",
-        "trainer=ddp_cpu",
+    log = tmp_path / "log.txt"
+    job = train_job(
+        log,
         f"data.path={data}",
         "data.group_by_length=true",
         "trainer.max_epochs=2",
         "callbacks=none",
         "generate.enabled=false",
         f"hydra.run.dir={tmp_path / 'run'}",
-    ]
+    )
     try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"the 2-process run hung: {str(error.stderr)[-2000:]}")
-    assert done.returncode == 0, done.stderr[-3000:]
+        code = job.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the 2-process run hung: {log.read_text()[-2000:]}")
+    finally:
+        end_job(job)  # no rank left behind, even after a hang
+    assert code == 0, log.read_text()[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["global_step"] == 2  # one whole global batch of 16 per epoch
