@@ -55,11 +55,19 @@ def tiny_model() -> GPT:
     return GPT(GPTConfig.from_size("tiny", context_length=64)).eval()
 
 
+KNOWN_RIGHT = 3  # questions whose answer is the tiny model's own top choice: its accuracy is exactly 3/5
+
+
 @pytest.fixture(scope="module")
-def task_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A task YAML and its JSONL data set, both local."""
+def task_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: GPT) -> Path:
+    """A task YAML and its JSONL data set, both local; the answers make `tiny_model` score exactly 3 of 5."""
     folder = tmp_path_factory.mktemp("tasks")
-    rows = [{"question": q, "choices": c, "answer": a} for q, c, a in QUESTIONS]
+    rows = []
+    scored = zip(QUESTIONS, choice_scores(tiny_model), strict=True)
+    for i, ((question, choices, _), scores) in enumerate(scored):
+        top = scores.index(max(scores))
+        answer = top if i < KNOWN_RIGHT else (top + 1) % len(choices)
+        rows.append({"question": question, "choices": choices, "answer": answer})
     (folder / "tiny_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     yaml = TASK_YAML.format(data=folder / "tiny_mc.jsonl", cache=folder / "hf-cache")
     (folder / "tiny_mc.yaml").write_text(yaml)
@@ -78,6 +86,29 @@ def direct_loglikelihood(model: GPT, context: str, continuation: str) -> tuple[f
     return total, all(picked[i].argmax().item() == t for i, t in enumerate(targets))
 
 
+def choice_scores(model: GPT) -> list[list[float]]:
+    """Each question's per-choice log-likelihood under `model`, computed directly (the task's prompt)."""
+    return [
+        [direct_loglikelihood(model, f"Question: {question}\nAnswer:", f" {c}")[0] for c in choices]
+        for question, choices, _ in QUESTIONS
+    ]
+
+
+def check_samples(samples: list[dict], model: GPT, answers: list[int]) -> float:
+    """Every logged choice's log-likelihood equals the direct one; the share of questions the model gets."""
+    assert [s["doc_id"] for s in samples] == list(range(len(QUESTIONS)))
+    right = []
+    for sample, scores, answer in zip(samples, choice_scores(model), answers, strict=True):
+        assert [float(r[0]) for r in sample["filtered_resps"]] == pytest.approx(scores, rel=1e-4)
+        right.append(scores.index(max(scores)) == answer)
+        assert sample["acc"] == float(right[-1])
+    return sum(right) / len(right)
+
+
+def task_answers(task_dir: Path) -> list[int]:
+    return [json.loads(line)["answer"] for line in (task_dir / "tiny_mc.jsonl").read_text().splitlines()]
+
+
 def test_registered_under_its_name() -> None:
     assert get_model("gpt-finetune") is GPTFinetuneLM
 
@@ -92,18 +123,10 @@ def test_multiple_choice_task_runs_end_to_end(tiny_model: GPT, task_dir: Path) -
         bootstrap_iters=0,
     )
     accuracy = results["results"]["tiny_mc"]["acc,none"]
-    assert 0.0 <= accuracy <= 1.0
-    samples = results["samples"]["tiny_mc"]
-    assert len(samples) == len(QUESTIONS)
+    assert accuracy == KNOWN_RIGHT / len(QUESTIONS)  # the answers were chosen for exactly this
     assert results["n-samples"]["tiny_mc"]["effective"] == len(QUESTIONS)
-    # The accuracy is the share of questions whose right answer had the highest log-likelihood.
-    expected = []
-    for question, choices, answer in QUESTIONS:
-        scores = [
-            direct_loglikelihood(tiny_model, f"Question: {question}\nAnswer:", f" {c}")[0] for c in choices
-        ]
-        expected.append(scores.index(max(scores)) == answer)
-    assert accuracy == pytest.approx(sum(expected) / len(QUESTIONS), abs=1e-9)
+    samples = sorted(results["samples"]["tiny_mc"], key=lambda s: s["doc_id"])
+    assert check_samples(samples, tiny_model, task_answers(task_dir)) == accuracy
 
 
 def test_loglikelihood_matches_a_direct_computation(tiny_model: GPT) -> None:
@@ -174,11 +197,14 @@ def test_loads_a_run_dir_and_runs_from_the_command_line(quickstart_run: Path, ta
     command = [
         sys.executable, "-m", "gpt_finetune.evaluation.lm_eval_cli", "--model", "gpt-finetune",
         "--model_args", f"run_dir={quickstart_run}", "--tasks", "tiny_mc", "--include_path", str(task_dir),
-        "--output_path", str(task_dir / "results"),
+        "--output_path", str(task_dir / "results"), "--log_samples",
     ]  # fmt: skip
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     [results] = list((task_dir / "results").rglob("results_*.json"))
     accuracy = json.loads(results.read_text())["results"]["tiny_mc"]["acc,none"]
-    assert 0.0 <= accuracy <= 1.0
+    # The run's fine-tuned model, loaded in-process, scores every choice as the command line did.
+    [logged] = list((task_dir / "results").rglob("samples_tiny_mc_*.jsonl"))
+    samples = sorted(map(json.loads, logged.read_text().splitlines()), key=lambda s: s["doc_id"])
+    assert check_samples(samples, adapter.model, task_answers(task_dir)) == pytest.approx(accuracy)
