@@ -1,10 +1,17 @@
-"""Lightning callbacks that generate text: samples while validating, the test set after testing."""
+"""Lightning callbacks that generate text: samples while validating, the test set after testing.
+
+Rank 0 generates and writes; under FSDP, where each rank holds a shard of the weights, every rank runs the
+same generation in step (each forward gathers the weights from all ranks) and rank 0 writes.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import lightning as L
 import torch
@@ -15,6 +22,31 @@ from gpt_finetune.errors import UserError
 from gpt_finetune.evaluation.responses import generate_responses
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def sharded(trainer: L.Trainer) -> bool:
+    """Whether the weights are sharded across ranks (FSDP): then every rank must take part in each forward."""
+    if not torch.distributed.is_available():  # builds without torch.distributed have no FSDP to import
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(trainer.strategy.model, FullyShardedDataParallel)
+
+
+def on_ranks(trainer: L.Trainer, pl_module: L.LightningModule, generate: Callable[[], T]) -> T | None:
+    """`generate()` on rank 0 (None elsewhere), or under FSDP on every rank, run inside the root wrapper's
+    forward: that gathers the weights FSDP keeps outside the transformer blocks (embeddings, final norm,
+    head), as it does for a training step, and each block gathers its own when called. Every rank must then
+    run the same calls in the same order: the same records, greedy or with the same seed."""
+    if not sharded(trainer):
+        return generate() if trainer.is_global_zero else None
+    wrapper = trainer.strategy.model
+    pl_module.forward = lambda *_: generate()  # the wrapper's forward calls its module's forward
+    try:
+        return wrapper()
+    finally:
+        del pl_module.forward
 
 
 class ValidationSamples(L.Callback):
@@ -25,14 +57,20 @@ class ValidationSamples(L.Callback):
         self.max_new_tokens = max_new_tokens
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or self.num_samples <= 0:
+        if trainer.sanity_checking or self.num_samples <= 0:
             return
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers:
             return
         records = trainer.datamodule.splits["val"][: self.num_samples]
         style = pl_module.hparams.prompt_style
-        results = generate_responses(pl_module.model, records, style, max_new_tokens=self.max_new_tokens)
+        results = on_ranks(
+            trainer,
+            pl_module,
+            lambda: generate_responses(pl_module.model, records, style, max_new_tokens=self.max_new_tokens),
+        )
+        if results is None or not trainer.is_global_zero:
+            return
         for i, result in enumerate(results):
             text = (
                 f"**instruction:** {result['instruction']}  \n**input:** {result['input']}  \n"
@@ -79,14 +117,22 @@ class TestResponses(L.Callback):
             )
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled or not trainer.is_global_zero:
+        if not self.enabled or (not trainer.is_global_zero and not sharded(trainer)):
             return
         records = trainer.datamodule.splits["test"]
-        log.info("generating %d test responses with the tested weights", len(records))
+        options = dict(self.options)
+        if options["seed"] is None and sharded(trainer):  # sampling must draw the same tokens on every rank
+            options["seed"] = trainer.strategy.broadcast(random.randrange(2**31))
+        if trainer.is_global_zero:
+            log.info("generating %d test responses with the tested weights", len(records))
         started = time.perf_counter()
-        responses = generate_responses(
-            pl_module.model, records, pl_module.hparams.prompt_style, **self.options
+        responses = on_ranks(
+            trainer,
+            pl_module,
+            lambda: generate_responses(pl_module.model, records, pl_module.hparams.prompt_style, **options),
         )
+        if responses is None or not trainer.is_global_zero:
+            return
         write_json(self.output_dir / "test_responses.json", responses)
         trainer.callback_metrics["test/generation_s"] = torch.tensor(time.perf_counter() - started)
         stopped = sum(r["stopped"] for r in responses) / max(1, len(responses))
