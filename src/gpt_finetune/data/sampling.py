@@ -111,7 +111,8 @@ class ResumableDataLoader(DataLoader):
 
     Without this, a run resumed from a mid-epoch checkpoint would see the epoch's first batches again and
     never the ones after them. Lightning calls `state_dict` when it saves and `load_state_dict` before it
-    iterates again.
+    iterates again. The state also holds the epoch: resuming mid-epoch, Lightning creates the iterator before
+    it sets the sampler's epoch, so without it a later epoch would resume in epoch 0's order.
     """
 
     def __init__(self, *args: Any, trainer_ref: Callable[[], L.Trainer | None], **kwargs: Any) -> None:
@@ -120,11 +121,17 @@ class ResumableDataLoader(DataLoader):
         self._skip = 0
 
     def state_dict(self) -> dict[str, int]:
-        return {"batches_done": batches_done(self.trainer_ref())}
+        trainer = self.trainer_ref()
+        return {
+            "epoch": trainer.current_epoch if trainer is not None else 0,
+            "batches_done": batches_done(trainer),
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         done = state.get("batches_done", 0)
         self._skip = done if done < len(self) else 0  # a checkpoint at the epoch's end resumes a new epoch
+        if self._skip and "epoch" in state and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(state["epoch"])  # the interrupted epoch's order, before iterating
 
     def __iter__(self) -> Iterator[Any]:
         iterator, skip, self._skip = super().__iter__(), self._skip, 0
@@ -134,10 +141,28 @@ class ResumableDataLoader(DataLoader):
 
 
 def batches_done(trainer: L.Trainer | None) -> int:
-    """Training batches of the current epoch that count as done if a checkpoint is saved now."""
+    """Training batches of the current epoch that count as done if a checkpoint is saved now.
+
+    Only whole optimizer steps count: micro-batches of an unfinished gradient accumulation are trained on
+    again after a resume (their gradients are not in the checkpoint).
+    """
     if trainer is None:
         return 0
+    done = finished_batches(trainer)
+    return done - unstepped_batches(trainer, done)
+
+
+def finished_batches(trainer: L.Trainer) -> int:
+    """Training batches of the current epoch that have run to their end."""
     progress = trainer.fit_loop.epoch_loop.batch_progress.current
     # Saved at a batch's end, that batch counts; saved mid-step (an interrupt), only the completed ones.
     at_batch_end = progress.started == progress.ready == progress.processed
     return progress.processed if at_batch_end else progress.completed
+
+
+def unstepped_batches(trainer: L.Trainer, done: int) -> int:
+    """Of `done` batches of this epoch, those trained on since the last optimizer step (Lightning steps
+    every `accumulate_grad_batches` batches and at the epoch's last batch)."""
+    if done >= trainer.num_training_batches:
+        return 0
+    return done % trainer.accumulate_grad_batches
