@@ -64,3 +64,29 @@ def test_optuna_preset_runs_trials_and_reports_the_best(tmp_path: Path) -> None:
     assert len(trials) == 2
     best = (tmp_path / "optimization_results.yaml").read_text()
     assert "best_value" in best and "task.lr" in best
+
+
+@pytest.mark.slow
+def test_a_job_failing_a_lightning_check_writes_error_txt_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    # val_check_interval=-1 passes our checks; Lightning's Trainer raises MisconfigurationException (which
+    # Hydra's instantiate wraps), once ending the whole sweep with exit 2.
+    done = multirun(tmp_path, "trainer.val_check_interval=-1,2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    bad, good = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    reason = (bad / "error.txt").read_text()
+    assert reason.count("\n") == 1 and "invalid value -1 for val_check_interval" in reason
+    assert not (bad / "metrics.json").exists() and (good / "metrics.json").is_file()
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_optuna_trials_that_end_before_their_first_validation_still_report_a_value(tmp_path: Path) -> None:
+    # 2 steps of a 12-batch epoch validated once an epoch: no validation ran, so the final weights are
+    # validated once (a trial returning None failed, and an all-failed study ended in a traceback).
+    done = multirun(
+        tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.val_check_interval=1.0"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = (tmp_path / "optimization_results.yaml").read_text()
+    best = float(results.split("best_value:")[1].split()[0])
+    assert 0 < best < 20  # a cross-entropy of a 50,257-token vocabulary, not NaN

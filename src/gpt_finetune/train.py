@@ -15,7 +15,8 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -23,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from omegaconf import DictConfig, OmegaConf
 
 from gpt_finetune.artifacts import write_json, write_text
+from gpt_finetune.checkpointing import LastCheckpoint
 from gpt_finetune.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,38 +44,46 @@ if not OmegaConf.has_resolver("bundled"):
 
 
 def main(cfg: DictConfig) -> float | None:
-    """Entry point for `train.py`: `run`, with user errors as one line on stderr.
+    """Entry point for `train.py`: `run`, with user-kind failures as one line on stderr.
 
     A single run then exits with code 2; a job of a multirun writes the line to `error.txt` in its run dir
     and returns NaN (a failed trial to sweepers), so the sweep goes on.
     """
     try:
         return run(cfg)
-    except MisconfigurationException as error:  # Lightning's own settings checks
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        raise SystemExit(2) from None
     except SIGTERMException:
         print(
             f"error: stopped by SIGTERM; resume with: python train.py resume={cfg.output_dir}",
             file=sys.stderr,
         )
         raise SystemExit(143) from None
-    except (UserError, InstantiationException) as error:
-        cause = user_error_in(error)
-        if cause is None:
+    except Exception as error:
+        message = user_failure(error)
+        if message is None:
             raise
-        print(f"error: {cause}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         if not in_multirun():
             raise SystemExit(2) from None
-        write_text(Path(cfg.output_dir) / "error.txt", f"{cause}\n")
+        write_text(Path(cfg.output_dir) / "error.txt", f"{message}\n")
         return float("nan")
 
 
-def user_error_in(error: BaseException | None) -> UserError | None:
-    """The UserError that `error` is or wraps (Hydra's instantiate wraps what a constructor raises)."""
-    while error is not None and not isinstance(error, UserError):
+def user_failure(error: BaseException | None) -> str | None:
+    """The one-line message of a failure the user can fix, found in `error` or what it wraps (Hydra's
+    instantiate wraps what a constructor raises): our UserError, Lightning's settings checks, CUDA OOM."""
+    while error is not None:
+        if isinstance(error, UserError):
+            return str(error)
+        if isinstance(error, MisconfigurationException):
+            return " ".join(str(error).split())
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            return (
+                f"CUDA out of memory ({' '.join(str(error).split())[:160]}); lower data.batch_size "
+                "(trainer.accumulate_grad_batches keeps the effective batch), or set "
+                "model.gradient_checkpointing=true or trainer.precision=bf16-mixed"
+            )
         error = error.__cause__
-    return error
+    return None
 
 
 def in_multirun() -> bool:
@@ -100,6 +110,7 @@ def run(cfg: DictConfig) -> float | None:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    validate_if_never_validated(trainer, task, datamodule, cfg.monitor)
     # Logged metrics hold what callbacks logged directly (throughput, MFU); callback metrics the task's.
     logged = {**trainer.logged_metrics, **trainer.callback_metrics}
     fit_metrics = {k: float(v) for k, v in logged.items() if k.startswith(("train/", "val/"))}
@@ -109,14 +120,19 @@ def run(cfg: DictConfig) -> float | None:
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     best_score = monitored_value(trainer, checkpoint, cfg.monitor)
 
-    # Testing restores the best weights; callbacks write the task's test artifacts (responses, predictions).
-    trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
+    # Testing restores the tested weights; callbacks write the task's test artifacts (responses, predictions).
+    test_on = cfg.get("test_on", "best")
+    tested = best if test_on == "best" else None  # None: the final weights, still in memory
+    trainer.test(task, datamodule=datamodule, ckpt_path=tested, weights_only=True)
     test_metrics = {k: v.tolist() for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    last = next((c.path for c in callbacks if isinstance(c, LastCheckpoint) and c.path.is_file()), None)
     metrics: dict[str, Any] = {
         **fit_metrics,
         f"best_{cfg.monitor}": best_score,
         **test_metrics,
         "best_checkpoint": best,
+        "test_on": test_on,
+        "tested_checkpoint": tested or (str(last) if last is not None else None),
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
         "records": {name: len(part) for name, part in datamodule.splits.items()},
@@ -129,28 +145,81 @@ def run(cfg: DictConfig) -> float | None:
     return best_score
 
 
+def validate_if_never_validated(
+    trainer: L.Trainer, task: L.LightningModule, datamodule: L.LightningDataModule, monitor: str
+) -> None:
+    """A run that ended before its first validation validates its final weights once, so that it reports
+    (and returns to sweepers) a monitored value."""
+    if monitor in trainer.callback_metrics or not trainer.limit_val_batches:
+        return
+    log.warning("training ended before its first validation; validating the final weights for %s", monitor)
+    trainer.validate(task, datamodule=datamodule, verbose=False, weights_only=True)
+
+
 def resumed_config(cfg: DictConfig) -> DictConfig:
-    """The interrupted run's own config, its last checkpoint as `ckpt_path`, plus `key=value` overrides."""
+    """The interrupted run's own config, its last checkpoint as `ckpt_path`, plus `key=value` overrides.
+
+    Every key override applies (`+`, `++` and `~` too), also to the keys that the config derives from it
+    (`generate.top_k` also sets `callbacks.test_responses.top_k`); group choices (`trainer=cpu`) are fixed by
+    the run and refused in one line.
+    """
     run_dir = Path(cfg.resume)
     last, saved = run_dir / "checkpoints" / "last.ckpt", run_dir / "config.yaml"
     if not last.is_file() or not saved.is_file():
         raise UserError(f"{run_dir}: nothing to resume (needs config.yaml and checkpoints/last.ckpt)")
     resumed = OmegaConf.load(saved)
-    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    # key=value changes to existing keys (e.g. trainer.max_epochs=4); group choices are fixed by the run.
-    changes = [o for o in overrides if OmegaConf.select(resumed, o.split("=")[0], default=None) is not None]
-    resumed.merge_with_dotlist(changes)
+    if HydraConfig.initialized():
+        groups = set(HydraConfig.get().runtime.choices)
+        derived = derived_keys(OmegaConf.to_container(cfg, resolve=False))
+        for override in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
+            key = override.key_or_group
+            if key == "resume":
+                continue
+            if key in groups:
+                raise UserError(
+                    f"resume keeps the run's config groups; {override.input_line} would replace the group "
+                    f"'{key}': set its keys instead (e.g. {key}.<key>=value), or start a new run from the "
+                    f"checkpoint: python train.py ckpt_path={last} {override.input_line}"
+                )
+            apply_override(resumed, override, key)
+            for target, source in derived:
+                if key == source or key.startswith(f"{source}."):
+                    path = target + key[len(source) :]
+                    if OmegaConf.select(resumed, path.rpartition(".")[0]) is not None:  # still configured
+                        apply_override(resumed, override, path)
     resumed.ckpt_path, resumed.resume = str(last), None
     log.info("resuming %s from %s", run_dir, last)
     return resumed
 
 
-def monitored_value(trainer: L.Trainer, checkpoint: ModelCheckpoint | None, monitor: str) -> float | None:
+def apply_override(config: DictConfig, override: Override, key: str) -> None:
+    """Set (or with `~key` delete) `key` in `config` as a Hydra command-line override would."""
+    if override.is_delete():
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(config, parent) if parent else config
+        if node is not None and leaf in node:
+            del node[leaf]
+        return
+    OmegaConf.update(config, key, override.value(), merge=False, force_add=True)
+
+
+def derived_keys(raw: Any, path: str = "") -> list[tuple[str, str]]:
+    """(key, source) for every config value that is exactly `${source}`, e.g. (`task.model`, `model`)."""
+    if isinstance(raw, dict):
+        return [pair for k, v in raw.items() for pair in derived_keys(v, f"{path}.{k}" if path else str(k))]
+    match = re.fullmatch(r"\$\{([\w.]+)\}", raw) if isinstance(raw, str) else None
+    return [(path, match.group(1))] if match is not None else []
+
+
+def monitored_value(trainer: L.Trainer, checkpoint: ModelCheckpoint | None, monitor: str) -> float:
     """The best checkpoint's score, or without checkpointing the monitored metric's last value."""
     if checkpoint is not None and checkpoint.best_model_score is not None:
         return float(checkpoint.best_model_score)
     last = trainer.callback_metrics.get(monitor)
-    return float(last) if last is not None else None
+    if last is None:
+        log.warning("no %s was logged: returning NaN as the monitored value; check monitor=", monitor)
+        return float("nan")
+    return float(last)
 
 
 def peak_memory_gib(device: torch.device) -> float:

@@ -1,0 +1,65 @@
+"""What a run tests and reports: `test_on: best | last`, and a monitored value even without validation."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from gpt_finetune.data.instruct_datamodule import InstructionDataModule
+from gpt_finetune.tasks.instruct import InstructionTuning
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ("experiment=quickstart", "generate.enabled=false")
+
+
+def train(run_dir: Path, *overrides: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "train.py", *FAST, f"hydra.run.dir={run_dir}", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def loss_on_test_split(checkpoint: Path) -> float:
+    """The test loss of a checkpoint's weights, computed here from the checkpoint alone."""
+    task = InstructionTuning.load_from_checkpoint(checkpoint, weights_only=True)
+    data = InstructionDataModule(**torch.load(checkpoint, weights_only=True)["datamodule_hyper_parameters"])
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    return trainer.test(task, datamodule=data, verbose=False)[0]["test/loss"]
+
+
+@pytest.mark.slow
+def test_test_on_last_tests_the_final_weights_not_the_best(tmp_path: Path) -> None:
+    # monitor_mode=max makes the first validation (step 12, the highest loss) "best": best != final.
+    metrics = train(
+        tmp_path,
+        "trainer.max_epochs=2",
+        "test_on=last",
+        "monitor_mode=max",
+        "callbacks.validation_samples=null",
+    )
+    assert metrics["test_on"] == "last" and metrics["best_checkpoint"].endswith("best-step12.ckpt")
+    assert metrics["tested_checkpoint"] == str(tmp_path / "checkpoints" / "last.ckpt")
+    final = loss_on_test_split(tmp_path / "checkpoints" / "last.ckpt")
+    best = loss_on_test_split(Path(metrics["best_checkpoint"]))
+    assert final != pytest.approx(best, rel=1e-3)
+    assert metrics["test/loss"] == pytest.approx(final, rel=1e-6)
+
+
+def test_a_run_ending_before_its_first_validation_validates_its_final_weights_once(tmp_path: Path) -> None:
+    metrics = train(tmp_path, "trainer.max_steps=3", "callbacks=none", "logger=none")
+    assert metrics["global_step"] == 3
+    assert math.isfinite(metrics["best_val/loss"]) and metrics["best_val/loss"] == metrics["val/loss"]
