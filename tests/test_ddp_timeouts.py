@@ -42,8 +42,11 @@ def test_a_collective_timeout_ends_a_job_whose_rank_hangs(tmp_path: Path) -> Non
             pytest.fail(
                 f"still running 90 s after rank 1 hung, with a 15 s collective timeout: {log.read_text()}"
             )
-        assert code != 0
-        assert "Timed out" in log.read_text()
+        assert code == 2
+        text = log.read_text()
+        errors = [line for line in text.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Timed out" in errors[0] and "trainer.strategy.timeout.minutes" in errors[0]
+        assert "Traceback" not in text
         assert wait_for(lambda: not alive(hung), 10), "the hung rank outlived the job"
     finally:
         end_job(job)

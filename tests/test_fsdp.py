@@ -82,3 +82,46 @@ def test_generation_callbacks_run_under_fsdp_on_two_processes(tmp_path: Path) ->
     responses = json.loads((tmp_path / "test_responses.json").read_text())
     assert len(responses) == 12 and all("model_response" in r for r in responses)
     assert any(r["model_response"] for r in responses)  # sampled with no seed: one seed, shared by the ranks
+
+
+@pytest.mark.slow
+def test_train_py_fits_tests_and_generates_under_fsdp(tmp_path: Path) -> None:
+    # Testing after fitting in one Trainer crashed under FSDP (Lightning does not wrap the task again).
+    overrides = [
+        "model=tiny",
+        "data=sample",
+        "trainer=fsdp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "trainer.strategy._target_=cpu_fsdp.CPUFSDPStrategy",
+        "+trainer.strategy.process_group_backend=gloo",
+        "trainer.max_epochs=1",
+        "trainer.val_check_interval=3",
+        "model.context_length=256",
+        "data.max_length=256",
+        "generate.max_new_tokens=8",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    log = tmp_path.parent / "train_fsdp.txt"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    with log.open("w") as out:
+        job = subprocess.Popen(
+            [sys.executable, "train.py", *overrides],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        code = job.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"train.py under FSDP hung: {log.read_text()[-3000:]}")
+    finally:
+        end_job(job)
+    assert code == 0, log.read_text()[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["global_step"] == 6 and metrics["tested_checkpoint"].endswith("best-step6.ckpt")
+    assert 0 < metrics["test/loss"] < 20
+    assert len(json.loads((tmp_path / "test_responses.json").read_text())) == 12

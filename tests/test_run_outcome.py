@@ -63,3 +63,17 @@ def test_a_run_ending_before_its_first_validation_validates_its_final_weights_on
     metrics = train(tmp_path, "trainer.max_steps=3", "callbacks=none", "logger=none")
     assert metrics["global_step"] == 3
     assert math.isfinite(metrics["best_val/loss"]) and metrics["best_val/loss"] == metrics["val/loss"]
+
+
+def test_evaluate_finds_the_tested_checkpoint_of_a_test_on_last_run(tmp_path: Path) -> None:
+    from gpt_finetune.evaluation.run_dir import find_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    best, last = tmp_path / "checkpoints" / "best-step12.ckpt", tmp_path / "checkpoints" / "last.ckpt"
+    best.write_bytes(b"")
+    last.write_bytes(b"")
+    metrics = {"best_checkpoint": str(best), "tested_checkpoint": str(last)}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert find_checkpoint(tmp_path) == last
+    (tmp_path / "metrics.json").write_text(json.dumps({"best_checkpoint": str(best)}))  # an older run
+    assert find_checkpoint(tmp_path) == best

@@ -20,6 +20,7 @@ from hydra.core.override_parser.types import Override
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -70,7 +71,8 @@ def main(cfg: DictConfig) -> float | None:
 
 def user_failure(error: BaseException | None) -> str | None:
     """The one-line message of a failure the user can fix, found in `error` or what it wraps (Hydra's
-    instantiate wraps what a constructor raises): our UserError, Lightning's settings checks, CUDA OOM."""
+    instantiate wraps what a constructor raises): our UserError, Lightning's settings checks, CUDA OOM, a
+    collective that timed out."""
     while error is not None:
         if isinstance(error, UserError):
             return str(error)
@@ -81,6 +83,12 @@ def user_failure(error: BaseException | None) -> str | None:
                 f"CUDA out of memory ({' '.join(str(error).split())[:160]}); lower data.batch_size "
                 "(trainer.accumulate_grad_batches keeps the effective batch), or set "
                 "model.gradient_checkpointing=true or trainer.precision=bf16-mixed"
+            )
+        if isinstance(error, torch.distributed.DistError) or "Timed out waiting" in str(error):
+            return (
+                f"a collective operation between the ranks failed ({' '.join(str(error).split())[:160]}): "
+                "a rank hung or died, see its train_ddp_process_<rank>.log; if a step legitimately takes "
+                "longer, raise trainer.strategy.timeout.minutes"
             )
         error = error.__cause__
     return None
@@ -123,9 +131,18 @@ def run(cfg: DictConfig) -> float | None:
     # Testing restores the tested weights; callbacks write the task's test artifacts (responses, predictions).
     test_on = cfg.get("test_on", "best")
     tested = best if test_on == "best" else None  # None: the final weights, still in memory
-    trainer.test(task, datamodule=datamodule, ckpt_path=tested, weights_only=True)
-    test_metrics = {k: v.tolist() for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     last = next((c.path for c in callbacks if isinstance(c, LastCheckpoint) and c.path.is_file()), None)
+    steps, epochs = trainer.global_step, trainer.current_epoch
+    tester = trainer
+    if isinstance(trainer.strategy, FSDPStrategy):
+        # Lightning does not wrap a task that FSDP has wrapped again: a fresh task and Trainer test.
+        tested = tested or (str(last) if last is not None else None)
+        if tested is None:
+            raise UserError("testing under FSDP reads a checkpoint; keep callbacks.end_checkpoint")
+        task = instantiate(cfg.task, _convert_="all")
+        tester = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    tester.test(task, datamodule=datamodule, ckpt_path=tested, weights_only=True)
+    test_metrics = {k: v.tolist() for k, v in tester.callback_metrics.items() if k.startswith("test/")}
     metrics: dict[str, Any] = {
         **fit_metrics,
         f"best_{cfg.monitor}": best_score,
@@ -133,8 +150,8 @@ def run(cfg: DictConfig) -> float | None:
         "best_checkpoint": best,
         "test_on": test_on,
         "tested_checkpoint": tested or (str(last) if last is not None else None),
-        "global_step": trainer.global_step,
-        "epochs": trainer.current_epoch,
+        "global_step": steps,
+        "epochs": epochs,
         "records": {name: len(part) for name, part in datamodule.splits.items()},
         "seconds": time.perf_counter() - started,
         "peak_memory_gib": peak_memory_gib(trainer.strategy.root_device),
@@ -250,6 +267,8 @@ def check_config(cfg: DictConfig) -> None:
         )
     if cfg.data.get("batch_size", 1) < 1:
         problems.append(f"data.batch_size={cfg.data.batch_size} must be >= 1")
+    if cfg.get("test_on", "best") not in ("best", "last"):
+        problems.append(f"test_on={cfg.test_on} is not one of best, last")
     mismatch = task_data_mismatch(cfg)
     if mismatch is not None:
         problems.append(mismatch)

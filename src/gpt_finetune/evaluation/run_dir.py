@@ -47,11 +47,12 @@ def locate(run_dir: str | None, ckpt_path: str | None) -> tuple[Path, Path | Non
 
 
 def find_checkpoint(run_dir: Path) -> Path | None:
-    """The run's best checkpoint (named in metrics.json, else `best-*.ckpt`), else `last.ckpt`, else None."""
+    """The run's tested checkpoint (named in metrics.json, else `best-*.ckpt`), else last.ckpt, else None."""
     folder = run_dir / "checkpoints"
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
-        named = json.loads(metrics.read_text(encoding="utf-8")).get("best_checkpoint")
+        saved = json.loads(metrics.read_text(encoding="utf-8"))
+        named = saved.get("tested_checkpoint") or saved.get("best_checkpoint")  # test_on: last or best
         # The run dir may have moved since training: look for the file name in its checkpoints/ too.
         for candidate in (Path(named), folder / Path(named).name) if named else ():
             if candidate.is_file():
