@@ -53,15 +53,12 @@ trainer(callbacks=[responses]).test(InstructionTuning(model=spec), data)
 """
 
 
-@pytest.mark.slow
-def test_generation_callbacks_run_under_fsdp_on_two_processes(tmp_path: Path) -> None:
-    script = tmp_path / "fsdp_generation.py"
-    script.write_text(SCRIPT)
-    log = tmp_path / "log.txt"
+def run_to_the_end(args: list[str], log: Path, timeout: float) -> None:
+    """Run a Python job (its ranks in one session, so nothing outlives it) and assert it ends with code 0."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     with log.open("w") as out:
         job = subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path)],
+            [sys.executable, *args],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -69,12 +66,19 @@ def test_generation_callbacks_run_under_fsdp_on_two_processes(tmp_path: Path) ->
             start_new_session=True,
         )
     try:
-        code = job.wait(timeout=240)
+        code = job.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"FSDP generation hung: {log.read_text()[-3000:]}")
+        pytest.fail(f"{args[0]} under FSDP hung: {log.read_text()[-3000:]}")
     finally:
         end_job(job)
     assert code == 0, log.read_text()[-3000:]
+
+
+@pytest.mark.slow
+def test_generation_callbacks_run_under_fsdp_on_two_processes(tmp_path: Path) -> None:
+    script = tmp_path / "fsdp_generation.py"
+    script.write_text(SCRIPT)
+    run_to_the_end([str(script), str(tmp_path)], tmp_path / "log.txt", timeout=240)
 
     events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"tensors": 0}).Reload()
     samples = [tag for tag in events.Tags()["tensors"] if tag.startswith("val_samples/")]
@@ -103,24 +107,7 @@ def test_train_py_fits_tests_and_generates_under_fsdp(tmp_path: Path) -> None:
         "generate.max_new_tokens=8",
         f"hydra.run.dir={tmp_path}",
     ]
-    log = tmp_path.parent / "train_fsdp.txt"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    with log.open("w") as out:
-        job = subprocess.Popen(
-            [sys.executable, "train.py", *overrides],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        code = job.wait(timeout=300)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"train.py under FSDP hung: {log.read_text()[-3000:]}")
-    finally:
-        end_job(job)
-    assert code == 0, log.read_text()[-3000:]
+    run_to_the_end(["train.py", *overrides], tmp_path.parent / "train_fsdp.txt", timeout=300)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["global_step"] == 6 and metrics["tested_checkpoint"].endswith("best-step6.ckpt")
     assert 0 < metrics["test/loss"] < 20
