@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from gpt_finetune.evaluation.evaluate import main as evaluate_main
+from gpt_finetune.evaluate import main as evaluate_main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

@@ -5,8 +5,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from gpt_finetune.evaluation.classification import literal_text_argv
-from gpt_finetune.evaluation.classification import main as predict_main
+from gpt_finetune.predict import literal_text_argv
+from gpt_finetune.predict import main as predict_main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")

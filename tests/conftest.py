@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpt_finetune.config import register_resolvers
 from gpt_finetune.model import GPT, GPTConfig
+
+register_resolvers()  # configs composed in tests resolve ${bundled:...} as the entry points do
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from gpt_finetune.checkpointing import StreamingCheckpointIO
+from gpt_finetune.callbacks.checkpointing import StreamingCheckpointIO
 
 # In a fresh process: the peak-RSS growth of saving a 512 MiB checkpoint, ours first (the peak only grows).
 MEASURE = """
 import resource, sys, torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from gpt_finetune.checkpointing import StreamingCheckpointIO
+from gpt_finetune.callbacks.checkpointing import StreamingCheckpointIO
 
 def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import shared_file
 
+from gpt_finetune.config import bundled_path
 from gpt_finetune.data.classification import (
     Example,
     balance,
@@ -21,7 +22,6 @@ from gpt_finetune.data.classify_datamodule import ClassificationDataModule, coll
 from gpt_finetune.data.download import cached_path
 from gpt_finetune.errors import UserError
 from gpt_finetune.tokenizer import gpt2_tokenizer
-from gpt_finetune.train import bundled_path
 
 P = 50256  # the pad id: <|endoftext|>
 LABELS = ["ham", "spam"]

@@ -12,12 +12,12 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
+from gpt_finetune.callbacks.predictions import TestPredictions as PredictionsCallback
+from gpt_finetune.callbacks.predictions import confusion_figure
 from gpt_finetune.data.classify_datamodule import ClassificationDataModule
 from gpt_finetune.errors import UserError
-from gpt_finetune.evaluation.classification import TestPredictions as PredictionsCallback
-from gpt_finetune.evaluation.classification import (
-    confusion_figure,
-    find_checkpoint,
+from gpt_finetune.predict import (
+    classifier_checkpoint,
     literal_text_argv,
     load_classifier,
     predict,
@@ -184,7 +184,7 @@ def test_test_writes_metrics_predictions_and_confusion_matrix(fitted: tuple) -> 
 
 def test_checkpoint_reloads_offline_and_predicts_as_tested(fitted: tuple) -> None:
     trainer, task, out = fitted
-    path = find_checkpoint(str(out))
+    path = classifier_checkpoint(str(out))
     assert path.name.startswith("best-")
     saved = torch.load(path, weights_only=True)
     assert saved["hyper_parameters"]["labels"] == LABELS
@@ -206,7 +206,7 @@ def test_predict_prints_label_and_probability(fitted: tuple, capsys: pytest.Capt
     assert capsys.readouterr().out == f"{label}\t{probability:.4f}\tWIN a FREE prize\n"
     # The book's computation, by hand: the text right-padded with end-of-text to the training width, the
     # head's logits at the last position of a fresh model holding the best checkpoint's weights, softmax.
-    saved = torch.load(find_checkpoint(str(out)), weights_only=True)
+    saved = torch.load(classifier_checkpoint(str(out)), weights_only=True)
     ids = gpt2_tokenizer().encode("WIN a FREE prize")
     ids += [50256] * (saved["input_format"]["width"] - len(ids))
     reference = classifier()
@@ -243,10 +243,10 @@ def test_predict_inputs_fail_with_one_line(tmp_path: Path) -> None:
         read_texts("hi", "x.txt")
     (tmp_path / "texts.txt").write_text("first\n\n  \nsecond, with comma\n")
     assert read_texts(None, str(tmp_path / "texts.txt")) == ["first", "second, with comma"]
-    with pytest.raises(UserError, match="no checkpoints/best-"):
-        find_checkpoint(str(tmp_path))
+    with pytest.raises(UserError, match=r"no checkpoints/\*.ckpt"):
+        classifier_checkpoint(str(tmp_path))
     with pytest.raises(UserError, match="pass run_dir=RUN"):
-        find_checkpoint(None, None)
+        classifier_checkpoint(None, None)
     with pytest.raises(UserError, match="not a classification checkpoint"):
         torch.save({"hyper_parameters": {"prompt_style": "alpaca"}}, tmp_path / "x.ckpt")
         load_classifier(tmp_path / "x.ckpt")

@@ -19,8 +19,7 @@ from omegaconf import DictConfig
 from torch.distributed.fsdp import ShardingStrategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-import gpt_finetune.train  # noqa: F401  (registers the ${bundled:...} resolver)
-from gpt_finetune.checkpointing import StreamingCheckpointIO
+from gpt_finetune.callbacks.checkpointing import StreamingCheckpointIO
 from gpt_finetune.data.classify_datamodule import ClassificationDataModule
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule
 from gpt_finetune.model.gpt import Block

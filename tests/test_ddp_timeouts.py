@@ -85,7 +85,7 @@ def test_sigterm_ends_a_job_whose_rank_hangs_within_seconds(tmp_path: Path) -> N
 BLOCKED = """
 import signal, sys, time
 from types import SimpleNamespace
-from gpt_finetune.deadline import SigtermDeadline
+from gpt_finetune.callbacks.sigterm_deadline import SigtermDeadline
 flag = []
 signal.signal(signal.SIGTERM, lambda *_: flag.append(1))  # like Lightning's: only sets a flag
 trainer = SimpleNamespace(global_rank=0, local_rank=0, world_size=1, strategy=SimpleNamespace(launcher=None))

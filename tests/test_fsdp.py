@@ -25,10 +25,10 @@ from cpu_fsdp import CPUFSDPStrategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule
-from gpt_finetune.evaluation.callbacks import TestResponses, ValidationSamples
+from gpt_finetune.callbacks.generation import TestResponses, ValidationSamples
 from gpt_finetune.model.gpt import Block
 from gpt_finetune.tasks.instruct import InstructionTuning
-from gpt_finetune.train import bundled_path
+from gpt_finetune.config import bundled_path
 
 out = Path(sys.argv[1])
 spec = {"size": "tiny", "pretrained": False, "context_length": 64}

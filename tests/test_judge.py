@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from gpt_finetune.errors import UserError
-from gpt_finetune.evaluation.evaluate import build_judge, evaluate, main
+from gpt_finetune.evaluate import build_judge, evaluate, main
 from gpt_finetune.evaluation.judge import Judge, judge_prompt, parse_score
 from gpt_finetune.evaluation.judge_client import endpoint
 

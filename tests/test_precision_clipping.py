@@ -17,10 +17,10 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils.data import DataLoader
 
+from gpt_finetune.config import check_config
 from gpt_finetune.errors import UserError
 from gpt_finetune.tasks.classify import Classification
 from gpt_finetune.tasks.instruct import InstructionTuning
-from gpt_finetune.train import check_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

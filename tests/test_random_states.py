@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from gpt_finetune.checkpointing import LastCheckpoint, random_states, set_random_states
+from gpt_finetune.callbacks.checkpointing import LastCheckpoint, random_states, set_random_states
 
 
 def test_cpu_states_round_trip_through_the_callback_state() -> None:

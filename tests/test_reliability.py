@@ -16,11 +16,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from gpt_finetune.callbacks.loss_guard import LossGuard
+from gpt_finetune.config import bundled_path
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule
 from gpt_finetune.errors import UserError
-from gpt_finetune.guards import LossGuard
 from gpt_finetune.tasks.instruct import InstructionTuning
-from gpt_finetune.train import bundled_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = [

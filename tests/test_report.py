@@ -19,7 +19,7 @@ from matplotlib.image import imread
 from run_dir_fixture import ROOT, copy_run, evaluate_config, quickstart_run  # noqa: F401
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gpt_finetune.evaluation.evaluate import evaluate, main
+from gpt_finetune.evaluate import evaluate, main
 from gpt_finetune.evaluation.report import RECORD_COLUMNS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from gpt_finetune.config import resumed_config
 from gpt_finetune.errors import UserError
-from gpt_finetune.train import resumed_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -75,3 +75,19 @@ def test_a_group_override_fails_in_one_line_naming_the_allowed_forms(run_dir: Pa
     assert "\n" not in message
     assert "resume keeps the run's config groups" in message and "trainer.<key>=value" in message
     assert f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'} trainer=ddp_cpu" in message
+
+
+def test_a_run_saved_before_the_callbacks_moved_resumes_with_their_new_modules(run_dir: Path) -> None:
+    saved = (run_dir / "config.yaml").read_text()
+    old = saved.replace("gpt_finetune.callbacks.checkpointing.", "gpt_finetune.checkpointing.")
+    old = old.replace("gpt_finetune.callbacks.loss_guard.", "gpt_finetune.guards.")
+    old = old.replace("gpt_finetune.callbacks.generation.", "gpt_finetune.evaluation.callbacks.")
+    assert old != saved
+    (run_dir / "config.yaml").write_text(old)
+    cfg = resume(run_dir)
+    assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(resume_saved(saved, run_dir))
+
+
+def resume_saved(text: str, run_dir: Path) -> DictConfig:
+    (run_dir / "config.yaml").write_text(text)
+    return resume(run_dir)

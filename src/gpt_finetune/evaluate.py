@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gpt_finetune.artifacts import atomic_path, write_json, write_text
-from gpt_finetune.errors import UserError
+from gpt_finetune.config import register_resolvers
+from gpt_finetune.errors import UserError, run_command
 from gpt_finetune.evaluation.judge import Judge
 from gpt_finetune.evaluation.loss_curves import plot_losses
 from gpt_finetune.evaluation.metrics import score_record, summarize
@@ -64,11 +64,8 @@ class Target:
 
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Entry point for `evaluate.py`: `evaluate`, with user errors as one line on stderr and exit code 2."""
-    try:
-        return evaluate(cfg)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    register_resolvers()
+    return run_command(evaluate, cfg)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

@@ -1,12 +1,10 @@
-"""Classification reports: test predictions (CSV), the confusion matrix (PNG + TensorBoard), `predict.py`."""
+"""Test-time classification reports: test_predictions.csv, confusion_matrix.png and a TensorBoard figure."""
 
 from __future__ import annotations
 
 import csv
 import io
 import logging
-import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,6 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
-from omegaconf import DictConfig
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from gpt_finetune.artifacts import atomic_path, write_text
@@ -102,85 +99,3 @@ class TestPredictions(L.Callback):
                 )
         trainer.callback_metrics["test/confusion_matrix"] = matrix  # rows: true label, columns: predicted
         log.info("wrote test_predictions.csv and confusion_matrix.png (%d test texts)", len(targets))
-
-
-def find_checkpoint(run_dir: str | None, checkpoint: str | None = None) -> Path:
-    """`checkpoint` if given, else the run's best checkpoint (`checkpoints/best-*.ckpt`)."""
-    if run_dir is None and checkpoint is None:
-        raise UserError("pass run_dir=RUN (the output folder of a train.py run) or checkpoint=PATH")
-    if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise UserError(f"checkpoint={checkpoint}: no such file; pass a .ckpt written by train.py")
-        return path
-    folder = Path(run_dir).expanduser() / "checkpoints"
-    best = sorted(folder.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not best:
-        raise UserError(
-            f"run_dir={run_dir}: no checkpoints/best-*.ckpt; pass the output folder of a train.py run "
-            "or checkpoint=PATH"
-        )
-    return best[-1]
-
-
-def load_classifier(path: Path, device: str = "cpu") -> Classification:
-    """The classifier in `path`, built from its saved spec with no weight download (weights_only load)."""
-    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    hparams = saved.get("hyper_parameters", {})
-    if "labels" not in hparams or "model" not in hparams:
-        raise UserError(f"{path}: not a classification checkpoint (no labels); train with task=classify")
-    spec = {**hparams["model"], "pretrained": False, "weights": None}
-    task = Classification.load_from_checkpoint(path, map_location=device, weights_only=True, model=spec)
-    return task.eval()
-
-
-def read_texts(text: str | None, file: str | None) -> list[str]:
-    """The texts to classify: `text`, or the non-empty lines of `file` (exactly one of them)."""
-    if (text is None) == (file is None):
-        raise UserError('give exactly one of text="..." or file=PATH (one text per line)')
-    if text is not None:
-        if not str(text).strip():
-            raise UserError('text is empty; pass the text to classify: text="..."')
-        return [str(text)]
-    path = Path(file).expanduser()
-    if not path.is_file():
-        raise UserError(f"file={file}: no such file; pass a text file with one text per line")
-    texts = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-    if not texts:
-        raise UserError(f"file={file}: no texts; write one text per line")
-    return texts
-
-
-def predict(cfg: DictConfig) -> list[tuple[str, float, str]]:
-    """(label, probability, text) for each text of `cfg.text` / `cfg.file`, printed one per line."""
-    texts = read_texts(cfg.text, cfg.file)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    task = load_classifier(find_checkpoint(cfg.run_dir, cfg.checkpoint), device)
-    probs = task.predict_proba(texts, batch_size=cfg.batch_size)
-    results = []
-    for text, row in zip(texts, probs, strict=True):
-        best = int(row.argmax())
-        results.append((task.labels[best], float(row[best]), text))
-        print(f"{task.labels[best]}\t{float(row[best]):.4f}\t{text}")
-    return results
-
-
-def literal_text_argv(argv: list[str]) -> list[str]:
-    """`text=...` arguments quoted for Hydra: commas, quotes, `!` or `${` in a text reach predict verbatim."""
-    quoted = []
-    for arg in argv:
-        if arg.startswith("text="):
-            value = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", arg[len("text=") :])
-            value = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)  # Hydra: \ before a quote
-            arg = "text='" + value.replace("'", "\\'") + "'"
-        quoted.append(arg)
-    return quoted
-
-
-def main(cfg: DictConfig) -> None:
-    """Entry point for `predict.py`: user errors as one line on stderr and exit code 2."""
-    try:
-        predict(cfg)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
