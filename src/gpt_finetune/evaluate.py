@@ -161,7 +161,9 @@ def obtain_responses(target: Target, cfg: DictConfig, config: dict[str, Any]) ->
     records = test_records(finetuned.data, ckpt)
     settings = generation_settings(cfg.generate, config)
     log.info("generating %d test responses with %s (%s)", len(records), ckpt, settings)
-    generated = generate_responses(finetuned.model, records, finetuned.prompt_style, **settings)
+    generated = generate_responses(
+        finetuned.model, records, finetuned.prompt_style, **settings, progress=True
+    )
     write_json(path, generated)
     return Responses(generated, f"generated with {ckpt}", finetuned.prompt_style, finetuned.global_step)
 

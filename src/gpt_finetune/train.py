@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt_finetune.artifacts import write_json, write_text
 from gpt_finetune.callbacks.checkpointing import LastCheckpoint
 from gpt_finetune.config import check_config, check_fits, register_resolvers, resumed_config
+from gpt_finetune.console import quiet_lightning
 from gpt_finetune.errors import UserError, run_command
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def main(cfg: DictConfig) -> float | None:
 def run(cfg: DictConfig) -> float | None:
     """Train and test one configuration; returns the monitored metric (for sweepers)."""
     started = time.perf_counter()
+    quiet_lightning()
     if cfg.get("resume") is not None:
         cfg = resumed_config(cfg)
     check_config(cfg)

@@ -109,14 +109,14 @@ class LastCheckpoint(Checkpoint):
         progress["is_last_batch"] = False
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # resume needs optimizer and loops
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if not isinstance(exception, KeyboardInterrupt | SIGTERMException) or trainer.state.fn != "fit":
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # resume needs optimizer and loops
         log.warning(
             "interrupted at step %d; saved %s; resume with: python train.py resume=%s",
             trainer.global_step,

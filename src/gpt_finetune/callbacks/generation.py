@@ -129,7 +129,14 @@ class TestResponses(L.Callback):
         responses = on_ranks(
             trainer,
             pl_module,
-            lambda: generate_responses(pl_module.model, records, pl_module.hparams.prompt_style, **options),
+            lambda: generate_responses(
+                pl_module.model,
+                records,
+                pl_module.hparams.prompt_style,
+                **options,
+                progress=trainer.is_global_zero,  # under FSDP every rank generates: one bar
+                trainer=trainer,
+            ),
         )
         if responses is None or not trainer.is_global_zero:
             return
