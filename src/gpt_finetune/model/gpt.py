@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from gpt_finetune.model import generation, weights
 from gpt_finetune.model.config import GPTConfig
 from gpt_finetune.model.kv_cache import KVCache
 
@@ -154,19 +155,16 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, prompts: list[list[int]] | torch.Tensor, **kwargs: Any) -> list[list[int]]:
         """Continue each prompt; see `gpt_finetune.model.generation.generate` for the options."""
-        from gpt_finetune.model.generation import generate
-
-        return generate(self, prompts, **kwargs)
+        return generation.generate(self, prompts, **kwargs)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **overrides: Any) -> GPT:
         """Load Hub weights (`gpt2-medium`, `openai-community/gpt2`...), a directory or .safetensors file."""
-        from gpt_finetune.model.checkpoints import load_pretrained
-
-        return load_pretrained(name_or_path, **overrides)
+        config, tensors = weights.read_pretrained(name_or_path)
+        model = cls(config.with_(**overrides))
+        weights.load_weights(model, tensors, str(name_or_path))
+        return model
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write `config.json` + `model.safetensors` in the Hugging Face GPT-2 layout."""
-        from gpt_finetune.model.checkpoints import save_pretrained
-
-        return save_pretrained(self, directory)
+        return weights.save_pretrained(self, directory)

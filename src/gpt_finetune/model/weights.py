@@ -1,6 +1,8 @@
 """GPT-2 weights in the Hugging Face layout (`config.json` + `model.safetensors`): Hub, directory or file.
 
-Only safetensors are read, so no downloaded file is ever unpickled.
+Only safetensors are read, so no downloaded file is ever unpickled. `read_pretrained` reads a checkpoint
+before any model exists; `load_weights` and `save_pretrained` take a built `GPT`. `GPT.from_pretrained` and
+`GPT.save_pretrained` call them, so this module imports the network for type checking only.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -16,7 +18,9 @@ from safetensors.torch import load_file, save_file
 from gpt_finetune.artifacts import atomic_path, write_json
 from gpt_finetune.errors import UserError
 from gpt_finetune.model.config import HUB_IDS, SIZES, GPTConfig
-from gpt_finetune.model.gpt import GPT
+
+if TYPE_CHECKING:
+    from gpt_finetune.model.gpt import GPT
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -26,26 +30,21 @@ CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight"
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
-def load_pretrained(name_or_path: str | Path, **overrides: Any) -> GPT:
-    """Build a GPT from Hub id, directory or .safetensors file; `overrides` change GPTConfig fields."""
+def read_pretrained(name_or_path: str | Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """The config and Hugging Face-named tensors of a Hub id, directory or .safetensors file."""
     weights, config_file = _locate(str(name_or_path))
-    source = str(name_or_path)
     if config_file is not None:
-        config = GPTConfig.from_hf(_read_json(config_file), source)
+        config = GPTConfig.from_hf(_read_json(config_file), str(name_or_path))
     else:
         config = _config_from_shapes(weights)
-    tensors = load_file(weights)
-    checkpoint_tied = "lm_head.weight" not in tensors
-    config = config.with_(**overrides)
-    model = GPT(config)
-    copy_weights(model, tensors, source)
-    if not config.tie_embeddings and checkpoint_tied:
-        model.untie_head()
-    return model
+    return config, load_file(weights)
 
 
-def copy_weights(model: GPT, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Copy Hugging Face-named tensors into `model`, name for name; one-line errors on any mismatch."""
+def load_weights(model: GPT, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy Hugging Face-named tensors into `model`, name for name; one-line errors on any mismatch.
+
+    An untied model loading a tied checkpoint (no `lm_head.weight`) starts its head as a copy of `wte`.
+    """
     ours = model.state_dict()
     loaded: set[str] = set()
     with torch.no_grad():
@@ -72,6 +71,8 @@ def copy_weights(model: GPT, tensors: dict[str, torch.Tensor], source: str) -> N
                 continue
             ours[name].copy_(tensor)
             loaded.add(name)
+        if not model.config.tie_embeddings and "lm_head.weight" not in loaded:
+            ours["lm_head.weight"].copy_(ours["transformer.wte.weight"])
     missing = sorted(set(ours) - loaded - {"lm_head.weight"})
     if missing:
         raise UserError(f"{source}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
