@@ -146,7 +146,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[L.Trainer, Classif
     """One epoch of fit + test on toy data, with checkpoints and the TestPredictions callback."""
     out = tmp_path_factory.mktemp("fit")
     dm = ClassificationDataModule(labels=LABELS, path=spam_file(out), batch_size=4, padding="longest_train")
-    task = classifier(trainable="last_block", lr=1e-3).train()  # a small optimizer step: fast
+    task = classifier(trainable="last_block", optimizer={"lr": 1e-3}).train()  # a small optimizer step: fast
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-{step}", monitor="val/loss")
     trainer = L.Trainer(
         accelerator="cpu",

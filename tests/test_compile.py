@@ -26,7 +26,7 @@ class RecordsLosses(InstructionTuning):
 def trained(compile: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
     """The losses of 3 AdamW steps on batches of different widths, and the weights after them."""
     torch.manual_seed(0)
-    task = RecordsLosses(model=SPEC, lr=1e-3, compile=compile)
+    task = RecordsLosses(model=SPEC, optimizer={"lr": 1e-3}, compile=compile)
     task.losses = []
     g = torch.Generator().manual_seed(0)
     sequences = [torch.randint(0, 50000, (n,), generator=g).tolist() for n in (5, 9, 14, 20, 11, 30)]

@@ -45,6 +45,7 @@ def test_experiments_compose(experiment: str, tmp_path: Path) -> None:
     else:
         assert cfg.task.prompt_style == cfg.data.style
     assert cfg.task.model == cfg.model
+    assert cfg.task.optimizer == cfg.optimizer  # one optimizer config, shared by every task
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def test_size_files_hold_only_their_differences() -> None:
 def test_book_recipe(tmp_path: Path) -> None:
     cfg = compose_train(tmp_path, "experiment=book-ch07")
     assert cfg.model.size == "gpt2-medium" and cfg.model.pretrained
-    assert (cfg.data.batch_size, cfg.task.lr, cfg.task.weight_decay, cfg.trainer.max_epochs) == (
+    assert (cfg.data.batch_size, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.trainer.max_epochs) == (
         8,
         5e-5,
         0.1,

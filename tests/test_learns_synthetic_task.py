@@ -58,11 +58,13 @@ def train_and_answer(tmp_path: Path, seed: int) -> tuple[InstructionDataModule, 
     task = InstructionTuning(
         model={"size": "tiny", "pretrained": False, "context_length": 64},
         prompt_style=STYLE,
-        lr=1.5e-3,  # from 3e-3 up, runs often stall on the plateau of "any of the 20 words"
-        weight_decay=0.0,
-        warmup_steps=20,
-        cosine=True,
-        fused_adamw=True,  # about half the optimizer time on CPU
+        optimizer={
+            "lr": 1.5e-3,  # from 3e-3 up, runs often stall on the plateau of "any of the 20 words"
+            "weight_decay": 0.0,
+            "warmup_steps": 20,
+            "cosine": True,
+            "fused_adamw": True,  # about half the optimizer time on CPU
+        },
     )
     trainer = L.Trainer(
         accelerator="cpu",

@@ -95,7 +95,7 @@ def train(
 
 def instruction_task(fused: bool | None) -> InstructionTuning:
     torch.manual_seed(0)
-    return InstructionTuning(model=TINY, lr=1e-2, weight_decay=0.0, fused_adamw=fused)
+    return InstructionTuning(model=TINY, optimizer={"lr": 1e-2, "weight_decay": 0.0, "fused_adamw": fused})
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -119,7 +119,8 @@ def test_instruction_tuning_trains_in_every_cpu_precision(
 
 def test_classification_clips_a_fused_adamw_in_bf16_mixed() -> None:
     torch.manual_seed(0)
-    task = Classification(model=TINY, labels=["ham", "spam"], lr=1e-2, weight_decay=0.0, fused_adamw=True)
+    optimizer = {"lr": 1e-2, "weight_decay": 0.0, "fused_adamw": True}
+    task = Classification(model=TINY, labels=["ham", "spam"], optimizer=optimizer)
     norms, change = train(task, classification_batches(), "bf16-mixed", CLIP)
 
     assert max(norms) <= CLIP * 1.01 and change > 1e-3, (norms, change)
@@ -152,13 +153,15 @@ def test_fused_fp16_with_clipping_fails_in_one_line_before_any_work(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # 16-mixed is a GPU setting
     overrides = ["trainer=gpu", "trainer.precision=16-mixed", "trainer.gradient_clip_val=1.0"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        fused = compose("train", overrides=[f"output_dir={tmp_path}", *overrides, "task.fused_adamw=true"])
+        fused = compose(
+            "train", overrides=[f"output_dir={tmp_path}", *overrides, "optimizer.fused_adamw=true"]
+        )
         default = compose("train", overrides=[f"output_dir={tmp_path}", *overrides])
 
     with pytest.raises(UserError) as error:
         check_config(fused)
     assert str(error.value) == (
-        "task.fused_adamw=true cannot clip 16-mixed gradients (trainer.gradient_clip_val); "
-        "set task.fused_adamw=null (unfused when clipping) or use trainer.precision=bf16-mixed"
+        "optimizer.fused_adamw=true cannot clip 16-mixed gradients (trainer.gradient_clip_val); "
+        "set optimizer.fused_adamw=null (unfused when clipping) or use trainer.precision=bf16-mixed"
     )
     check_config(default)  # fused_adamw=null: unfused when clipping, as above

@@ -188,7 +188,9 @@ def test_a_run_stopping_before_its_first_validation_keeps_one_current_last_check
 def test_non_finite_loss_stops_with_one_line_naming_the_step() -> None:
     L.seed_everything(0)
     data = InstructionDataModule(path=bundled_path("sample_instructions.json"), batch_size=8)
-    task = InstructionTuning(model={"size": "tiny", "pretrained": False, "context_length": 256}, lr=1e-3)
+    task = InstructionTuning(
+        model={"size": "tiny", "pretrained": False, "context_length": 256}, optimizer={"lr": 1e-3}
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=10,

@@ -63,7 +63,7 @@ def test_optuna_preset_runs_trials_and_reports_the_best(tmp_path: Path) -> None:
     trials = [p for p in tmp_path.iterdir() if p.is_dir() and (p / "metrics.json").is_file()]
     assert len(trials) == 2
     best = (tmp_path / "optimization_results.yaml").read_text()
-    assert "best_value" in best and "task.lr" in best
+    assert "best_value" in best and "optimizer.lr" in best
 
 
 @pytest.mark.slow

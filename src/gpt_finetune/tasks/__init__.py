@@ -1,1 +1,1 @@
-"""LightningModules: instruction tuning and classification."""
+"""LightningModules on one base (base.py): instruction tuning and classification."""

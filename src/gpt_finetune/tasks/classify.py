@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,8 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from gpt_finetune.data.classify_datamodule import encode_texts
 from gpt_finetune.errors import UserError
 from gpt_finetune.model import GPT
-from gpt_finetune.model.build import build_gpt
-from gpt_finetune.tasks.optim import DecayOn, clip_gradients, configure_adamw
+from gpt_finetune.tasks.base import FinetuneTask, Stage
 
 Trainable = Literal["head", "last_block", "last_two_blocks", "all"]
 Pooling = Literal["last_position", "last_token", "mean"]
@@ -61,7 +59,7 @@ def split_metrics(num_classes: int, stage: str) -> MetricCollection:
     )
 
 
-class Classification(L.LightningModule):
+class Classification(FinetuneTask):
     """A GPT from `model` (the `model/` spec) with a class head; `labels` (names, in id order) is saved."""
 
     def __init__(
@@ -70,21 +68,13 @@ class Classification(L.LightningModule):
         labels: list[Any],
         trainable: Trainable = "last_block",
         pooling: Pooling = "last_position",
-        lr: float = 5e-5,
-        weight_decay: float = 0.1,
-        decay_on: DecayOn = "all",
-        betas: tuple[float, float] = (0.9, 0.999),
-        fused_adamw: bool | None = None,
-        warmup_steps: int = 0,
-        cosine: bool = False,
-        min_lr_ratio: float = 0.1,
+        optimizer: dict[str, Any] | None = None,
+        **renamed: Any,
     ) -> None:
-        super().__init__()
-        if pooling not in POOLINGS:
+        if pooling not in POOLINGS:  # before the backbone is built (or downloaded)
             raise UserError(f"task.pooling={pooling!r} is not one of {', '.join(POOLINGS)}")
-        self.save_hyperparameters()
+        super().__init__(model, optimizer, **renamed)
         self.labels = [str(name) for name in labels]
-        self.model = build_gpt(**model)
         self.model.lm_head = nn.Linear(self.model.config.emb_dim, len(self.labels))  # book: `out_head`
         set_trainable(self.model, trainable)
         self.train_metrics = split_metrics(len(self.labels), "train")
@@ -115,15 +105,14 @@ class Classification(L.LightningModule):
                 f"set data.max_length={context} (or lower)"
             )
 
-    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _shared_step(self, batch: dict[str, torch.Tensor], stage: Stage) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["input_ids"], batch["lengths"])
         labels = batch["labels"]
         loss = F.cross_entropy(logits.float(), labels)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits.detach(), labels)
         size = labels.shape[0]
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=size)
+        self.log_loss(stage, loss, batch_size=size)
         self.log_dict(metrics, prog_bar=stage != "test", on_step=False, on_epoch=True, batch_size=size)
         return loss, logits
 
@@ -154,14 +143,3 @@ class Classification(L.LightningModule):
             probs.append(logits.float().softmax(dim=-1).cpu())
         self.train(was_training)
         return torch.cat(probs)
-
-    def configure_optimizers(self) -> Any:
-        return configure_adamw(self)
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)

@@ -6,36 +6,26 @@ import time
 from collections import deque
 from typing import Any
 
-import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from gpt_finetune.model.build import build_gpt
+from gpt_finetune.tasks.base import FinetuneTask, Stage
 from gpt_finetune.tasks.loss import masked_lm_loss_sum
-from gpt_finetune.tasks.optim import DecayOn, clip_gradients, configure_adamw
 
 
-class InstructionTuning(L.LightningModule):
+class InstructionTuning(FinetuneTask):
     """A GPT built from `model` (the `model/` config spec); `prompt_style` is saved in every checkpoint."""
 
     def __init__(
         self,
         model: dict[str, Any],
         prompt_style: str = "alpaca",
-        lr: float = 5e-5,
-        weight_decay: float = 0.1,
-        decay_on: DecayOn = "all",
-        betas: tuple[float, float] = (0.9, 0.999),
-        fused_adamw: bool | None = None,
-        warmup_steps: int = 0,
-        cosine: bool = False,
-        min_lr_ratio: float = 0.1,
+        optimizer: dict[str, Any] | None = None,
         head_on_targets_only: bool = True,
         compile: bool = False,
+        **renamed: Any,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.model = build_gpt(**model)
+        super().__init__(model, optimizer, **renamed)
         self.head_on_targets_only = head_on_targets_only
         self.loss_fn = torch.compile(masked_lm_loss_sum, dynamic=True) if compile else masked_lm_loss_sum
         self.val_loss = MeanMetric()
@@ -48,7 +38,7 @@ class InstructionTuning(L.LightningModule):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)
 
-    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+    def _shared_step(self, batch: dict[str, torch.Tensor], stage: Stage) -> torch.Tensor:
         loss_sum, count = self.loss_fn(
             self.model, batch["input_ids"], batch["targets"], head_on_targets_only=self.head_on_targets_only
         )
@@ -63,7 +53,7 @@ class InstructionTuning(L.LightningModule):
             shown_sum = self.trainer.strategy.reduce(shown_sum, reduce_op="sum")
             shown_count = self.trainer.strategy.reduce(count, reduce_op="sum")
         mean = shown_sum / shown_count.clamp(min=1)
-        self.log("train/loss", mean, prog_bar=True, batch_size=self._batch_shape[0])
+        self.log_loss("train", mean, batch_size=self._batch_shape[0])
         # The summed loss goes back to Lightning; on_before_optimizer_step turns the gradients into a mean
         # over every target token of the effective batch (all micro-batches, all ranks).
         return loss_sum
@@ -97,11 +87,11 @@ class InstructionTuning(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_split("test")
 
-    def _log_split(self, stage: str) -> None:
+    def _log_split(self, stage: Stage) -> None:
         metric = getattr(self, f"{stage}_loss")
         loss = metric.compute()
         metric.reset()
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
+        self.log_loss(stage, loss, sync_dist=True)
         self.log(f"{stage}/ppl", torch.exp(loss.clamp(max=50)), sync_dist=True)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -117,14 +107,3 @@ class InstructionTuning(L.LightningModule):
     def flops_per_batch(self) -> int:
         """Model FLOPs of the last training batch, forward + backward (ThroughputMonitor's MFU reads it)."""
         return self.model.config.training_flops(*self._batch_shape)
-
-    def configure_optimizers(self) -> Any:
-        return configure_adamw(self)
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)

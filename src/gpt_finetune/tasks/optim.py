@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -13,6 +14,20 @@ from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import nn
 
 DecayOn = Literal["all", "matrices"]
+
+
+@dataclass(frozen=True)
+class AdamWSettings:
+    """A task's `optimizer` (conf/optimizer/adamw.yaml): AdamW and its learning-rate schedule."""
+
+    lr: float = 5e-5
+    weight_decay: float = 0.1
+    decay_on: DecayOn = "all"  # all (book) | matrices (no decay on biases and norms)
+    betas: tuple[float, float] = (0.9, 0.999)
+    fused_adamw: bool | None = None  # None: fused on CPU / CUDA, unless a GradScaler's gradients clip
+    warmup_steps: int = 0
+    cosine: bool = False  # cosine decay to min_lr_ratio * lr after warmup
+    min_lr_ratio: float = 0.1
 
 
 def adamw(
@@ -67,9 +82,9 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def configure_adamw(module: L.LightningModule) -> Any:
-    """`configure_optimizers` for a task whose hparams hold the AdamW and schedule settings above."""
-    h = module.hparams
+def configure_adamw(module: L.LightningModule, settings: AdamWSettings) -> Any:
+    """`configure_optimizers` for a task: AdamW over `module.model`, with the schedule of `settings`."""
+    h = settings
     fused = h.fused_adamw
     if fused is None and clips_scaled_gradients(module):
         fused = (

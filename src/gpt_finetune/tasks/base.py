@@ -1,0 +1,68 @@
+"""What every task shares: the backbone built from its `model` spec, AdamW + schedule, clipping, logging."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Any, Literal
+
+import lightning as L
+import torch
+
+from gpt_finetune.model.build import build_gpt
+from gpt_finetune.tasks.optim import AdamWSettings, clip_gradients, configure_adamw
+
+Stage = Literal["train", "val", "test"]
+
+
+def optimizer_settings(optimizer: dict[str, Any] | None, renamed: dict[str, Any]) -> AdamWSettings:
+    """The AdamW settings of `optimizer`, where `renamed` (a checkpoint's old top-level `lr=...`) wins."""
+    unknown = sorted(set(renamed) - {field.name for field in fields(AdamWSettings)})
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
+    return AdamWSettings(**{**(optimizer or {}), **renamed})
+
+
+class FinetuneTask(L.LightningModule):
+    """A LightningModule around `self.model`, the GPT built from `model` (the `model/` config spec).
+
+    Every `__init__` argument of the task is saved as a hyperparameter, `optimizer` (conf/optimizer/) with
+    every setting filled in. Checkpoints written before that group held the settings as top-level arguments
+    (`lr`, `weight_decay`, ...): a task's `**renamed` takes them, so `Task(**hparams)` loads either kind.
+    """
+
+    def __init__(
+        self, model: dict[str, Any], optimizer: dict[str, Any] | None = None, **renamed: Any
+    ) -> None:
+        super().__init__()
+        settings = optimizer_settings(optimizer, renamed)
+        self.save_hyperparameters(ignore=list(renamed))  # the __init__ arguments of every class up the chain
+        self.save_hyperparameters(
+            {**self.hparams, "optimizer": asdict(settings)}
+        )  # ... with `optimizer` whole
+        self.model = build_gpt(**model)
+
+    def log_loss(
+        self, stage: Stage, loss: torch.Tensor, batch_size: int | None = None, **kwargs: Any
+    ) -> None:
+        """`stage/loss` on the progress bar: per step in training, else the mean over the epoch."""
+        on_step = stage == "train"
+        self.log(
+            f"{stage}/loss",
+            loss,
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=not on_step,
+            batch_size=batch_size,
+            **kwargs,
+        )
+
+    def configure_optimizers(self) -> Any:
+        return configure_adamw(self, AdamWSettings(**self.hparams.optimizer))
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
