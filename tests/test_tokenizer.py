@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from gpt_finetune.errors import UserError
-from gpt_finetune.tokenizer import EOT_ID, SHA256, bpe_files, gpt2_tokenizer, verify
+from gpt_finetune.tokenizer import END_OF_TEXT, SHA256, bpe_files, gpt2_tokenizer, verify
 
 SAMPLES = [
     "Hello, world",
@@ -21,7 +21,7 @@ SAMPLES = [
 def test_known_ids() -> None:
     tok = gpt2_tokenizer()
     assert tok.encode("Hello, world") == [15496, 11, 995]
-    assert tok.encode("<|endoftext|>", allowed_special={"<|endoftext|>"}) == [EOT_ID]
+    assert tok.encode("<|endoftext|>", allowed_special={"<|endoftext|>"}) == [END_OF_TEXT]
     assert tok.n_vocab == 50257
     with pytest.raises(ValueError):
         tok.encode("<|endoftext|>")  # special text is refused unless allowed

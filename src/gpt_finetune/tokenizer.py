@@ -13,8 +13,9 @@ from tiktoken_ext.openai_public import r50k_pat_str
 
 from gpt_finetune.errors import UserError
 
-EOT = "<|endoftext|>"
-EOT_ID = 50256
+# <|endoftext|>: ends every document, stops generation and pads batches; the one place its id is written.
+END_OF_TEXT = 50256
+END_OF_TEXT_STRING = "<|endoftext|>"
 # The hashes tiktoken pins for its own `gpt2` encoding.
 SHA256 = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
@@ -58,6 +59,6 @@ def gpt2_tokenizer() -> tiktoken.Encoding:
         name="gpt2",
         pat_str=r50k_pat_str,
         mergeable_ranks=ranks,
-        special_tokens={EOT: EOT_ID},
+        special_tokens={END_OF_TEXT_STRING: END_OF_TEXT},
         explicit_n_vocab=50257,
     )

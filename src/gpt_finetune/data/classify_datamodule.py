@@ -22,7 +22,7 @@ from gpt_finetune.data.classification import (
 )
 from gpt_finetune.data.download import fetch, is_url
 from gpt_finetune.data.sampling import ResumableDataLoader, training_sampler
-from gpt_finetune.tokenizer import EOT_ID, gpt2_tokenizer
+from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
 
 log = logging.getLogger(__name__)
 Padding = Literal["longest_train", "batch"]
@@ -35,7 +35,7 @@ def collate_classification(
     *,
     width: int | None = None,
     max_length: int | None = None,
-    pad_id: int = EOT_ID,
+    pad_id: int = END_OF_TEXT,
 ) -> dict[str, torch.Tensor]:
     """`{"input_ids" (B, T), "lengths" (B,), "labels" (B,)}`, right-padded with `pad_id`.
 

@@ -6,14 +6,15 @@ from collections.abc import Sequence
 
 import torch
 
-EOS_ID = 50256
+from gpt_finetune.tokenizer import END_OF_TEXT
+
 IGNORE_INDEX = -100
 
 
 def collate_instructions(
     sequences: Sequence[Sequence[int]],
     *,
-    pad_id: int = EOS_ID,
+    pad_id: int = END_OF_TEXT,
     ignore_index: int = IGNORE_INDEX,
     max_length: int | None = None,
     prompt_lengths: Sequence[int] | None = None,

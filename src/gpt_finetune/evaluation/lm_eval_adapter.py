@@ -26,7 +26,7 @@ from gpt_finetune.data.prompts import format_example, format_prompt
 from gpt_finetune.errors import UserError
 from gpt_finetune.evaluation.run_dir import find_checkpoint, load_finetuned
 from gpt_finetune.model import GPT
-from gpt_finetune.tokenizer import EOT, EOT_ID, gpt2_tokenizer
+from gpt_finetune.tokenizer import END_OF_TEXT, END_OF_TEXT_STRING, gpt2_tokenizer
 
 log = logging.getLogger(__name__)
 NAME = "gpt-finetune"
@@ -96,7 +96,7 @@ class GPTFinetuneLM(TemplateLM):
 
     @property
     def eot_token_id(self) -> int:
-        return EOT_ID
+        return END_OF_TEXT
 
     @property
     def device(self) -> torch.device:
@@ -108,7 +108,7 @@ class GPTFinetuneLM(TemplateLM):
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
         """GPT-2 BPE; a literal `<|endoftext|>` becomes the end-of-text token, as in Hugging Face's."""
-        return self.tokenizer_encoding.encode(string, allowed_special={EOT})
+        return self.tokenizer_encoding.encode(string, allowed_special={END_OF_TEXT_STRING})
 
     def tok_decode(self, tokens: Sequence[int]) -> str:
         return self.tokenizer_encoding.decode(list(tokens))
@@ -118,7 +118,7 @@ class GPTFinetuneLM(TemplateLM):
         """(log-prob sum of the continuation, whether it is the greedy one) per (context, continuation)."""
         inputs = [(ctx + cont)[-(self.max_length + 1) :][:-1] for ctx, cont in rows]
         width = max(len(x) for x in inputs)
-        padded = torch.full((len(inputs), width), EOT_ID, dtype=torch.long)
+        padded = torch.full((len(inputs), width), END_OF_TEXT, dtype=torch.long)
         for i, x in enumerate(inputs):
             padded[i, : len(x)] = torch.tensor(x)  # right-padded: causal attention never sees the pad
         hidden = self.model.hidden_states(padded.to(self.device))  # (B, T, C)
@@ -155,7 +155,7 @@ class GPTFinetuneLM(TemplateLM):
         for index, request in enumerate(requests):
             tokens = self.tok_encode(request.args[0])
             for ctx, cont in map(
-                make_disjoint_window, get_rolling_token_windows(tokens, EOT_ID, self.max_length, 1)
+                make_disjoint_window, get_rolling_token_windows(tokens, END_OF_TEXT, self.max_length, 1)
             ):
                 windows.append((None, ctx, cont))
                 owners.append(index)
@@ -187,17 +187,17 @@ class GPTFinetuneLM(TemplateLM):
         return outputs
 
     def _generate(self, contexts: list[str], kwargs: dict[str, Any]) -> list[str]:
-        until = kwargs.get("until") or [EOT]
+        until = kwargs.get("until") or [END_OF_TEXT_STRING]
         until = [until] if isinstance(until, str) else list(until)
         max_new = int(kwargs.get("max_gen_toks", 256))
         sample = bool(kwargs.get("do_sample", False))
         temperature = float(kwargs.get("temperature", 1.0)) if sample else 0.0
         room = max(1, self.max_length - max_new)
-        prompts = [(self.tok_encode(c) or [EOT_ID])[-room:] for c in contexts]
+        prompts = [(self.tok_encode(c) or [END_OF_TEXT])[-room:] for c in contexts]
         generated = self.model.generate(prompts, max_new_tokens=max_new, temperature=temperature)
         texts = []
         for tokens in generated:
-            text = self.tok_decode([t for t in tokens if t != EOT_ID])
+            text = self.tok_decode([t for t in tokens if t != END_OF_TEXT])
             for stop in until:
                 text = text.split(stop)[0] if stop else text
             texts.append(text)

@@ -12,8 +12,7 @@ from tqdm import tqdm
 from gpt_finetune.data.instructions import Record
 from gpt_finetune.data.prompts import format_prompt
 from gpt_finetune.model import GPT
-from gpt_finetune.model.generation import EOS_ID
-from gpt_finetune.tokenizer import gpt2_tokenizer
+from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
 
 
 def generate_responses(
@@ -53,7 +52,7 @@ def generate_responses(
         )
     results = []
     for record, tokens in zip(records, outputs, strict=True):
-        stopped = bool(tokens) and tokens[-1] == EOS_ID
+        stopped = bool(tokens) and tokens[-1] == END_OF_TEXT
         text = tokenizer.decode(tokens[:-1] if stopped else tokens)
         results.append({**record, "model_response": text.strip(), "stopped": stopped})
     return results

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from gpt_finetune.errors import UserError
+from gpt_finetune.tokenizer import END_OF_TEXT
 
 # size name -> (n_layers, n_heads, emb_dim); "tiny" is for tests and quick CPU runs.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -91,8 +92,8 @@ class GPTConfig:
             "attn_pdrop": self.dropout,
             "layer_norm_epsilon": self.layer_norm_eps,
             "tie_word_embeddings": self.tie_embeddings,
-            "bos_token_id": 50256,
-            "eos_token_id": 50256,
+            "bos_token_id": END_OF_TEXT,
+            "eos_token_id": END_OF_TEXT,
         }
 
     @classmethod

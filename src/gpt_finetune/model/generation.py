@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from gpt_finetune.model.kv_cache import KVCache
+from gpt_finetune.tokenizer import END_OF_TEXT
 
 if TYPE_CHECKING:
     from gpt_finetune.model.gpt import GPT
-
-EOS_ID = 50256
 
 
 def generate(
@@ -27,7 +26,7 @@ def generate(
     max_new_tokens: int = 256,
     temperature: float = 0.0,
     top_k: int | None = None,
-    eos_id: int | None = EOS_ID,
+    eos_id: int | None = END_OF_TEXT,
     seed: int | None = None,
     batch_size: int | None = None,
     use_cache: bool = True,
@@ -89,7 +88,7 @@ def _generate_batch(
     device = next(model.parameters()).device
     rows = [r[-context:] for r in rows]
     width = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), width), EOS_ID if eos_id is None else eos_id, dtype=torch.long)
+    tokens = torch.full((len(rows), width), END_OF_TEXT if eos_id is None else eos_id, dtype=torch.long)
     valid = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, r in enumerate(rows):
         tokens[i, width - len(r) :] = torch.tensor(r)
