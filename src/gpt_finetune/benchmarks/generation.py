@@ -10,7 +10,6 @@ Random weights, end-of-text disabled so every response has exactly `--new-tokens
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from gpt_finetune.benchmarks.data_file import add_data_argument, read_data
 from gpt_finetune.data.prompts import format_prompt
+from gpt_finetune.devices import peak_rss_gib
 from gpt_finetune.model import GPT, GPTConfig
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
@@ -90,11 +90,6 @@ def main(argv: list[str] | None = None) -> None:
         f"speed-up per response: {book_per / ours_per:.1f}x; greedy outputs identical on "
         f"{same}/{len(reference)} timed prompts; peak RSS {peak_rss_gib():.2f} GiB"
     )
-
-
-def peak_rss_gib() -> float:
-    """Peak resident memory of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from gpt_finetune.artifacts import write_text
 from gpt_finetune.benchmarks.data_file import SAMPLE, add_data_argument, read_data
 from gpt_finetune.benchmarks.training import book_batches, load_train_sequences
 from gpt_finetune.data.collate import IGNORE_INDEX
+from gpt_finetune.devices import peak_memory_gib
 from gpt_finetune.model import GPTConfig
 
 NOTES = (
@@ -127,8 +128,6 @@ def reference_loop(
     """The book-style loop: whole-vocabulary logits, cross-entropy, AdamW; figures of its last steps."""
     from lightning.fabric.utilities.throughput import get_available_flops
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from gpt_finetune.train import peak_memory_gib
 
     if precision not in ("32-true", "bf16-mixed"):
         return {"error": "the reference loop runs 32-true and bf16-mixed"}

@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import multiprocessing as mp
 import os
-import resource
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -32,6 +31,7 @@ from torch.utils.data import DataLoader
 from gpt_finetune.benchmarks.data_file import add_data_argument, read_data
 from gpt_finetune.data.collate import IGNORE_INDEX, collate_instructions
 from gpt_finetune.data.prompts import format_example
+from gpt_finetune.devices import peak_rss_gib
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
 TRAIN_FRACTION = 0.85
@@ -158,7 +158,7 @@ def row_worker(row: Row, settings: dict[str, Any], seqs: list[list[int]], conn: 
         loss = step(batch)
         seconds = time.perf_counter() - start
         conn.send((seconds, loss, int((batch["targets"] != IGNORE_INDEX).sum()), batch["targets"].numel()))
-    conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    conn.send(peak_rss_gib())
 
 
 def run_rows(settings: dict[str, Any], seqs: list[list[int]]) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from gpt_finetune.data.prompts import format_example, format_prompt
+from gpt_finetune.devices import resolve_device
 from gpt_finetune.errors import UserError
 from gpt_finetune.evaluation.run_dir import find_checkpoint, load_finetuned
 from gpt_finetune.model import GPT
@@ -55,10 +56,10 @@ def load_model(run_dir: str | None, ckpt_path: str | None, pretrained: str | Non
 def pick_device(device: str | None) -> torch.device:
     """`device` if usable, else CUDA when available, else CPU (lm_eval's CLI asks for cuda by default)."""
     if device is not None and not (device.startswith("cuda") and not torch.cuda.is_available()):
-        return torch.device(device)
+        return resolve_device(device)
     if device is not None:
         log.warning("%s: device=%s is not available; using the CPU", NAME, device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device("auto")
 
 
 def batches(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:

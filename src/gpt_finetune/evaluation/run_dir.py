@@ -70,7 +70,7 @@ def run_config(run_dir: Path) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}  # type: ignore[return-value]
 
 
-def load_finetuned(ckpt: Path, device: str = "cpu") -> Finetuned:
+def load_finetuned(ckpt: Path, device: str | torch.device = "cpu") -> Finetuned:
     """The GPT in a Lightning instruction-tuning checkpoint, built from its saved spec without downloads."""
     from gpt_finetune.tasks.instruct import InstructionTuning
 
