@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import random
-import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +12,13 @@ from typing import Any, Literal
 
 from gpt_finetune.artifacts import atomic_path
 from gpt_finetune.data.download import cached_path, fetch, is_url
+from gpt_finetune.data.json_records import json_kind, read_lines, read_utf8
 from gpt_finetune.errors import UserError
 
 Format = Literal["auto", "csv", "tsv", "jsonl"]
 Column = int | str
 Row = tuple[int, Any, Any]  # (line, text, label) as read
 SPLITS = ("train", "val", "test")
-LINE_BREAK = re.compile(r"\r\n?|\n")  # JSON strings may hold U+2028 / U+0085, which splitlines() breaks on
 csv.field_size_limit(
     2**31 - 1
 )  # long texts are fine (the default limit is 128 KiB); the C long max on every OS
@@ -140,20 +138,7 @@ def read_jsonl(text: str, source: str, text_column: Column, label_column: Column
             f"{source}: JSONL is read by key; set data.text_column and data.label_column to names"
         )
     rows = []
-    for number, line in enumerate(LINE_BREAK.split(text), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(
-                f"{source}: line {number} is not valid JSON ({error.msg}); fix the line"
-            ) from None
-        except (ValueError, RecursionError) as error:  # a huge number, or nesting too deep to parse
-            reason = "nested too deeply" if isinstance(error, RecursionError) else str(error).split("\n")[0]
-            raise UserError(
-                f"{source}: line {number} cannot be read as JSON ({reason}); fix the line"
-            ) from None
+    for number, record in read_lines(text, source):
         for role, key in (("label", label_column), ("text", text_column)):
             if not isinstance(record, dict) or key not in record:
                 raise UserError(
@@ -175,7 +160,7 @@ def to_examples(rows: list[Row], labels: list[str], source: str) -> list[Example
                 "fix the line or add the label to data.labels"
             )
         if not isinstance(text, str):
-            kind = "null" if text is None else f"a {type(text).__name__}"
+            kind = json_kind(text)
             raise UserError(f"{source}: line {line}: text is {kind}, not a string; make it a string")
         if not text.strip():
             raise UserError(f"{source}: line {line}: empty text; remove the line or write its text")
@@ -214,11 +199,7 @@ def load_examples(
     """Validated examples from a path, zip or URL (UCI SMS layout by default: `label<TAB>text`, no header)."""
     names = check_labels(labels)
     local, source = resolve_source(path, member, cache_dir)
-    try:
-        text = local.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise UserError(f"{source}: not UTF-8 text (byte {error.start}); re-save the file as UTF-8") from None
-    rows = read_rows(text, source, resolve_format(local, fmt), text_column, label_column)
+    rows = read_rows(read_utf8(local, source), source, resolve_format(local, fmt), text_column, label_column)
     examples = to_examples(rows, names, source)
     check_classes(examples, names, source)
     return examples

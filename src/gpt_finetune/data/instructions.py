@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import random
-import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from gpt_finetune.data.download import fetch, is_url
+from gpt_finetune.data.json_records import json_kind, read_records, read_utf8
 from gpt_finetune.errors import UserError
 
 Record = dict[str, str]
 FIELDS = ("instruction", "input", "output")
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
+SHAPE = '{"instruction": ..., "input": ..., "output": ...}'
 
 
 def load_records(source: str | Path, cache_dir: str | Path | None = None) -> list[Record]:
@@ -24,83 +22,17 @@ def load_records(source: str | Path, cache_dir: str | Path | None = None) -> lis
         raise UserError(
             f"{source}: no such file; set data.path to a JSON or JSONL file of instruction records"
         )
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a leading byte-order mark is not JSON
-    except UnicodeDecodeError as error:
-        raise UserError(f"{source}: not UTF-8 text (byte {error.start}); re-save the file as UTF-8") from None
-    raw = parse_records(text, str(source))
+    raw = read_records(read_utf8(path, str(source)), str(source), SHAPE)
     if not raw:
         raise UserError(f'{source}: no records; add at least one {{"instruction", "input", "output"}} record')
     return [validate_record(item, where, str(source)) for item, where in raw]
-
-
-def parse_records(text: str, source: str) -> list[tuple[Any, str]]:
-    """(item, "record N" / "line N") pairs from a JSON array or from JSON lines."""
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise UserError(
-                f"{source}: invalid JSON at line {error.lineno} column {error.colno} ({error.msg}); "
-                "fix the file"
-            ) from None
-        except (ValueError, RecursionError) as error:
-            raise UserError(f"{source}: invalid JSON ({unreadable(error)}); fix the file") from None
-        return [(item, f"record {i}") for i, item in enumerate(items)]
-    check_not_one_object(text, source)
-    pairs = []
-    # Not splitlines(): U+2028, U+0085 and the like may stand raw in a JSON string; \r and \n may not.
-    for number, line in enumerate(re.split(r"\r\n?|\n", text), start=1):
-        if not line.strip():
-            continue
-        try:
-            pairs.append((json.loads(line), f"line {number}"))
-        except json.JSONDecodeError as error:
-            raise UserError(
-                f"{source}: line {number} is not valid JSON ({error.msg}, column {error.colno}); "
-                "use a JSON array or one JSON object per line"
-            ) from None
-        except (ValueError, RecursionError) as error:
-            raise UserError(
-                f"{source}: line {number} is not valid JSON ({unreadable(error)}); fix it"
-            ) from None
-    return pairs
-
-
-def check_not_one_object(text: str, source: str) -> None:
-    """Fail when the whole file is one JSON object: a `.json` file, or an object spread over several lines.
-
-    A one-line object in a `.jsonl` file is a JSONL file of one record and passes.
-    """
-    if not text.lstrip().startswith("{"):
-        return
-    try:
-        item = json.loads(text)
-    except (ValueError, RecursionError):
-        return  # several JSON lines (or a broken one): the JSONL reader reports it by line
-    name = urlsplit(source).path if is_url(source) else source
-    one_line = len([line for line in re.split(r"\r\n?|\n", text) if line.strip()]) == 1
-    if not isinstance(item, dict) or (one_line and Path(name).suffix.lower() in JSONL_SUFFIXES):
-        return
-    lists = [(key, len(value)) for key, value in item.items() if isinstance(value, list)]
-    hint = f" (its {lists[0][0]!r} key holds a list of {lists[0][1]}: save that list alone)" if lists else ""
-    raise UserError(
-        f"{source}: holds one JSON object where a list of records belongs{hint}; wrap the records in "
-        '[{"instruction": ..., "input": ..., "output": ...}, ...] or write one record per line (JSONL)'
-    )
-
-
-def unreadable(error: ValueError | RecursionError) -> str:
-    """Why json.loads failed on well-formed text: Python limits integer digits and nesting depth."""
-    return "nested too deeply" if isinstance(error, RecursionError) else "a number with too many digits"
 
 
 def validate_record(item: Any, where: str, source: str) -> Record:
     """The record with a missing or null `input` as ""; a one-line error names the record and the field."""
     if not isinstance(item, dict):
         raise UserError(
-            f"{source}: {where} is {json_kind(item)}, not an object; "
-            'write each record as {"instruction": ..., "input": ..., "output": ...}'
+            f"{source}: {where} is {json_kind(item)}, not an object; write each record as {SHAPE}"
         )
     record = {"input": "", **{field: item[field] for field in FIELDS if field in item}}
     if record["input"] is None:
@@ -116,12 +48,6 @@ def validate_record(item: Any, where: str, source: str) -> Record:
                 "make it a string"
             )
     return {field: record[field] for field in FIELDS}
-
-
-def json_kind(value: Any) -> str:
-    """What `value` is called in JSON: "a number", "an array", "null", ..."""
-    kinds = ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), (list, "an array"))
-    return "null" if value is None else next((name for t, name in kinds if isinstance(value, t)), "an object")
 
 
 def split_records(
