@@ -6,10 +6,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from gpt_finetune.data.base import FinetuneDataModule
 from gpt_finetune.data.classification import (
     Column,
     Example,
@@ -20,8 +20,6 @@ from gpt_finetune.data.classification import (
     load_examples,
     split_examples,
 )
-from gpt_finetune.data.download import fetch, is_url
-from gpt_finetune.data.sampling import ResumableDataLoader, training_sampler
 from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
 
 log = logging.getLogger(__name__)
@@ -67,7 +65,7 @@ def encode_texts(texts: Sequence[str], input_format: dict[str, Any]) -> dict[str
     return batch
 
 
-class TokenizedTexts:
+class TokenizedTexts(Dataset):
     """A split as (token ids, label id, index in the split), tokenised once."""
 
     def __init__(self, examples: list[Example]) -> None:
@@ -83,7 +81,7 @@ class TokenizedTexts:
         return self.items[index]
 
 
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(FinetuneDataModule[TokenizedTexts]):
     """Labelled texts (the UCI SMS Spam Collection by default), optionally balanced, split 70 / 10 / 20."""
 
     def __init__(
@@ -111,17 +109,10 @@ class ClassificationDataModule(L.LightningDataModule):
         self.labels = check_labels(labels)  # fail before any work
         self.save_hyperparameters()
         self.splits: dict[str, list[Example]] = {}
-        self.datasets: dict[str, TokenizedTexts] = {}
         self.width: int | None = None
         self.longest = 0
 
-    def prepare_data(self) -> None:
-        if is_url(self.hparams.path):
-            fetch(self.hparams.path, self.hparams.cache_dir)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def build(self) -> None:
         h = self.hparams
         examples = load_examples(
             h.path, self.labels, h.format, h.text_column, h.label_column, h.member, h.cache_dir
@@ -173,40 +164,5 @@ class ClassificationDataModule(L.LightningDataModule):
         return out
 
     def train_dataloader(self) -> DataLoader:
-        h, dataset = self.hparams, self.datasets["train"]
         # This rank's share of one seeded order (the trainer presets leave sharding to the DataModules).
-        sampler = training_sampler(
-            [0] * len(dataset),
-            h.batch_size,
-            self.trainer,
-            shuffle=True,
-            group_by_length=False,
-            seed=h.seed,
-            drop_last=h.drop_last,
-        )
-        return ResumableDataLoader(
-            dataset,
-            batch_size=h.batch_size,
-            sampler=sampler,
-            drop_last=h.drop_last,
-            collate_fn=self.collate,
-            num_workers=h.num_workers,
-            persistent_workers=h.num_workers > 0,
-            trainer_ref=lambda: self.trainer,
-            generator=torch.Generator().manual_seed(h.seed),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.eval_batch_size or self.hparams.batch_size)
-
-    def _loader(self, split: str, batch_size: int) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            collate_fn=self.collate,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
+        return self.train_loader([0] * len(self.datasets["train"]), shuffle=True, group_by_length=False)

@@ -6,22 +6,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from gpt_finetune.data.base import FinetuneDataModule
 from gpt_finetune.data.collate import collate_instructions
-from gpt_finetune.data.download import fetch, is_url
 from gpt_finetune.data.instructions import Record, load_records, split_records
 from gpt_finetune.data.prompts import format_prompt, prompt_style
-from gpt_finetune.data.sampling import ResumableDataLoader, training_sampler
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
 log = logging.getLogger(__name__)
 BOOK_URL = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json"
 
 
-class TokenizedInstructions:
+class TokenizedInstructions(Dataset):
     """A split as (token ids of prompt + output, prompt length) pairs, tokenised once."""
 
     def __init__(self, records: list[Record], style: str) -> None:
@@ -40,7 +37,7 @@ class TokenizedInstructions:
         return self.items[index]
 
 
-class InstructionDataModule(L.LightningDataModule):
+class InstructionDataModule(FinetuneDataModule[TokenizedInstructions]):
     """Instruction records from a JSON / JSONL path or URL, split 85 / 10 / 5, batched for next-token loss."""
 
     def __init__(
@@ -65,15 +62,8 @@ class InstructionDataModule(L.LightningDataModule):
         prompt_style(style)  # fail before any work on an unknown style
         self.save_hyperparameters()
         self.splits: dict[str, list[Record]] = {}
-        self.datasets: dict[str, TokenizedInstructions] = {}
 
-    def prepare_data(self) -> None:
-        if is_url(self.hparams.path):
-            fetch(self.hparams.path, self.hparams.cache_dir)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def build(self) -> None:
         h = self.hparams
         records = load_records(h.path, h.cache_dir)
         self.splits = split_records(records, h.train_fraction, h.test_fraction, h.shuffle_split, h.seed)
@@ -99,46 +89,6 @@ class InstructionDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        h, dataset = self.hparams, self.datasets["train"]
-        sampler = training_sampler(
-            [len(ids) for ids, _ in dataset.items],
-            h.batch_size,
-            self.trainer,
-            shuffle=h.shuffle,
-            group_by_length=h.group_by_length,
-            seed=h.seed,
-            drop_last=h.drop_last,
-        )
-        return self._loader(
-            dataset,
-            h.batch_size,
-            ResumableDataLoader,
-            sampler=sampler,
-            drop_last=h.drop_last,
-            trainer_ref=lambda: self.trainer,
-            # Its own generator: starting an epoch's iterator then draws nothing from the global RNG, so a
-            # resumed run's dropout stream (restored from the checkpoint) stays in step.
-            generator=torch.Generator().manual_seed(h.seed),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["val"], self.hparams.eval_batch_size or self.hparams.batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["test"], self.hparams.eval_batch_size or self.hparams.batch_size)
-
-    def _loader(
-        self,
-        dataset: TokenizedInstructions,
-        batch_size: int,
-        cls: type[DataLoader] = DataLoader,
-        **kwargs: Any,
-    ) -> DataLoader:
-        return cls(
-            dataset,
-            batch_size=batch_size,
-            collate_fn=self.collate,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-            **kwargs,
-        )
+        h = self.hparams
+        lengths = [len(ids) for ids, _ in self.datasets["train"].items]
+        return self.train_loader(lengths, shuffle=h.shuffle, group_by_length=h.group_by_length)
