@@ -29,38 +29,36 @@ def read_records(text: str, source: str, shape: str) -> list[tuple[Any, str]]:
     `shape` is how one record looks (`{"instruction": ..., "output": ...}`), for the messages.
     """
     if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise UserError(
-                f"{source}: invalid JSON at line {error.lineno} column {error.colno} ({error.msg}); "
-                "fix the file"
-            ) from None
-        except (ValueError, RecursionError) as error:
-            raise UserError(f"{source}: invalid JSON ({unreadable(error)}); fix the file") from None
-        return [(item, f"record {i}") for i, item in enumerate(items)]
+        return [(item, f"record {i}") for i, item in enumerate(loads(text, source))]
     check_not_one_object(text, source, shape)
     return [(item, f"line {number}") for number, item in read_lines(text, source)]
 
 
 def read_lines(text: str, source: str) -> list[tuple[int, Any]]:
     """(line number, value) for every non-blank line of a JSON lines file."""
-    values = []
-    for number, line in enumerate(LINE_BREAK.split(text), start=1):
-        if not line.strip():
-            continue
-        try:
-            values.append((number, json.loads(line)))
-        except json.JSONDecodeError as error:
-            raise UserError(
-                f"{source}: line {number} is not valid JSON ({error.msg}, column {error.colno}); "
+    lines = enumerate(LINE_BREAK.split(text), start=1)
+    return [(number, loads(line, source, number)) for number, line in lines if line.strip()]
+
+
+def loads(text: str, source: str, line: int | None = None) -> Any:
+    """`json.loads`; a failure is one line naming where: line and column in the file, or the JSONL line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        if line is None:
+            problem = f"invalid JSON at line {error.lineno} column {error.colno} ({error.msg}); fix the file"
+        else:
+            problem = (
+                f"line {line} is not valid JSON ({error.msg}, column {error.colno}); "
                 "fix the line (one JSON object per line)"
-            ) from None
-        except (ValueError, RecursionError) as error:
-            raise UserError(
-                f"{source}: line {number} cannot be read as JSON ({unreadable(error)}); fix the line"
-            ) from None
-    return values
+            )
+    except (ValueError, RecursionError) as error:
+        reason = unreadable(error)
+        if line is None:
+            problem = f"invalid JSON ({reason}); fix the file"
+        else:
+            problem = f"line {line} cannot be read as JSON ({reason}); fix the line"
+    raise UserError(f"{source}: {problem}")
 
 
 def check_not_one_object(text: str, source: str, shape: str) -> None:
