@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_finetune.artifacts import atomic_path, write_json, write_text
 from gpt_finetune.config import register_resolvers
+from gpt_finetune.devices import resolve_device
 from gpt_finetune.errors import UserError, run_command
 from gpt_finetune.evaluation.judge import Judge
 from gpt_finetune.evaluation.loss_curves import plot_losses
@@ -156,7 +157,7 @@ def obtain_responses(target: Target, cfg: DictConfig, config: dict[str, Any]) ->
             f"{run_dir} has no test_responses.json and no checkpoint in checkpoints/; "
             "give the folder of a finished train.py run or ckpt_path=<file.ckpt>"
         )
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     finetuned = load_finetuned(ckpt, device)
     records = test_records(finetuned.data, ckpt)
     settings = generation_settings(cfg.generate, config)

@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from gpt_finetune.config import register_resolvers
+from gpt_finetune.devices import resolve_device
 from gpt_finetune.errors import UserError, run_command
 from gpt_finetune.evaluation.run_dir import find_checkpoint
 from gpt_finetune.tasks.classify import Classification
@@ -35,7 +36,7 @@ def classifier_checkpoint(run_dir: str | None, checkpoint: str | None = None) ->
     return found
 
 
-def load_classifier(path: Path, device: str = "cpu") -> Classification:
+def load_classifier(path: Path, device: str | torch.device = "cpu") -> Classification:
     """The classifier in `path`, built from its saved spec with no weight download (weights_only load)."""
     saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     hparams = saved.get("hyper_parameters", {})
@@ -66,7 +67,7 @@ def read_texts(text: str | None, file: str | None) -> list[str]:
 def predict(cfg: DictConfig) -> list[tuple[str, float, str]]:
     """(label, probability, text) for each text of `cfg.text` / `cfg.file`, printed one per line."""
     texts = read_texts(cfg.text, cfg.file)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     task = load_classifier(classifier_checkpoint(cfg.run_dir, cfg.checkpoint), device)
     probs = task.predict_proba(texts, batch_size=cfg.batch_size)
     results = []

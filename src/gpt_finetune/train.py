@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.strategies import FSDPStrategy
@@ -21,6 +19,7 @@ from gpt_finetune.artifacts import write_json, write_text
 from gpt_finetune.callbacks.checkpointing import LastCheckpoint
 from gpt_finetune.config import check_config, check_fits, register_resolvers, resumed_config
 from gpt_finetune.console import quiet_lightning
+from gpt_finetune.devices import peak_memory_gib
 from gpt_finetune.errors import UserError, run_command
 
 log = logging.getLogger(__name__)
@@ -125,10 +124,3 @@ def monitored_value(trainer: L.Trainer, checkpoint: ModelCheckpoint | None, moni
         log.warning("no %s was logged: returning NaN as the monitored value; check monitor=", monitor)
         return float("nan")
     return float(last)
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    """Peak accelerator memory allocated by this process, or its peak resident memory on a CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
