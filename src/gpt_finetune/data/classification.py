@@ -13,6 +13,7 @@ from typing import Any, Literal
 from gpt_finetune.artifacts import atomic_path
 from gpt_finetune.data.download import cached_path, fetch, is_url
 from gpt_finetune.data.json_records import json_kind, read_lines, read_utf8
+from gpt_finetune.data.splits import split_shares
 from gpt_finetune.errors import UserError
 
 Format = Literal["auto", "csv", "tsv", "jsonl"]
@@ -224,15 +225,7 @@ def split_examples(
         raise UserError(
             f"data.train_fraction={train} and data.val_fraction={val} must lie in (0, 1) and sum below 1"
         )
-    order = list(examples)
-    if shuffle:
-        random.Random(seed).shuffle(order)
-    n_train, n_val = int(len(order) * train), int(len(order) * val)
-    return {
-        "train": order[:n_train],
-        "val": order[n_train : n_train + n_val],
-        "test": order[n_train + n_val :],
-    }
+    return split_shares(examples, {"train": train, "val": val}, "test", shuffle, seed)
 
 
 def check_splits(splits: dict[str, list[Example]], labels: list[str]) -> None:

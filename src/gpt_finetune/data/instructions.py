@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 from gpt_finetune.data.download import fetch, is_url
 from gpt_finetune.data.json_records import json_kind, read_records, read_utf8
+from gpt_finetune.data.splits import split_shares
 from gpt_finetune.errors import UserError
 
 Record = dict[str, str]
@@ -58,15 +58,7 @@ def split_records(
         raise UserError(
             f"data.train_fraction={train} and data.test_fraction={test} must lie in (0, 1) and sum below 1"
         )
-    order = list(records)
-    if shuffle:
-        random.Random(seed).shuffle(order)
-    n_train, n_test = int(len(order) * train), int(len(order) * test)
-    splits = {
-        "train": order[:n_train],
-        "test": order[n_train : n_train + n_test],
-        "val": order[n_train + n_test :],
-    }
+    splits = split_shares(records, {"train": train, "test": test}, "val", shuffle, seed)
     for name, part in splits.items():
         if not part:
             raise UserError(
