@@ -57,6 +57,9 @@ CASES = {
     "empty-split": Case((), ("the test split is empty", "data.test_fraction"), data=json.dumps([RECORD] * 3)),
     "unknown-style": Case(("data=sample", "data.style=nope"), ("'nope'", "alpaca", "phi3")),
     "unknown-test-on": Case(("data=sample", "test_on=final"), ("test_on=final is not one of best, last",)),
+    "renamed-key": Case(
+        ("data=sample", "task.lr=1e-5"), ("task.lr was renamed to optimizer.lr; use optimizer.lr=1e-5",)
+    ),
     "unknown-model-size": Case(
         ("data=sample", "model.size=gpt2-huge"), ("'gpt2-huge'", "gpt2-small", "gpt2-medium", "gpt2-xl")
     ),

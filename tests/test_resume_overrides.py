@@ -91,3 +91,14 @@ def test_a_run_saved_before_the_callbacks_moved_resumes_with_their_new_modules(r
 def resume_saved(text: str, run_dir: Path) -> DictConfig:
     (run_dir / "config.yaml").write_text(text)
     return resume(run_dir)
+
+
+def test_a_run_saved_before_the_optimizer_group_resumes_with_its_settings(run_dir: Path) -> None:
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    lr = saved.optimizer.lr
+    saved.task.lr, saved.task.warmup_steps = lr, saved.optimizer.warmup_steps  # the old layout
+    del saved.task["optimizer"], saved["optimizer"]
+    OmegaConf.save(saved, run_dir / "config.yaml")
+    cfg = resume(run_dir, "optimizer.warmup_steps=3")
+    assert "lr" not in cfg.task and cfg.task.optimizer.lr == lr == cfg.optimizer.lr
+    assert cfg.optimizer.warmup_steps == 3 and cfg.task.optimizer.warmup_steps == 3  # derived: follows

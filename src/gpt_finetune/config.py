@@ -17,6 +17,7 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gpt_finetune.errors import UserError
+from gpt_finetune.renames import move_renamed_keys
 
 log = logging.getLogger(__name__)
 # Where classes named by `_target_` in configs saved by earlier versions live now (resume reads those).
@@ -138,6 +139,9 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
         raise UserError(f"{run_dir}: nothing to resume (needs config.yaml and checkpoints/last.ckpt)")
     resumed = OmegaConf.load(saved)
     move_targets(resumed)
+    moved = move_renamed_keys(resumed)
+    if moved:
+        log.info("%s: renamed keys of an earlier version moved: %s", saved, ", ".join(moved))
     if HydraConfig.initialized():
         groups = set(HydraConfig.get().runtime.choices)
         derived = derived_keys(OmegaConf.to_container(cfg, resolve=False))
