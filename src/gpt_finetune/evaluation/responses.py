@@ -75,5 +75,6 @@ def progress_bar(
         finally:
             live.update(task, visible=False)  # the bar's rows are Lightning's again
         return
-    with tqdm(total=total, desc="responses", unit="record", dynamic_ncols=True) as records:
+    # mininterval=0: every batch shows (a batch takes seconds; tqdm would skip updates within 0.1 s)
+    with tqdm(total=total, desc="responses", unit="record", dynamic_ncols=True, mininterval=0) as records:
         yield records.update
