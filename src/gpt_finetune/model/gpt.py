@@ -78,13 +78,23 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class Transformer(nn.ModuleDict):
+    """GPT-2's `transformer` (a ModuleDict, as in the checkpoint), its entries typed for the checker."""
+
+    wte: nn.Embedding
+    wpe: nn.Embedding
+    drop: nn.Dropout
+    h: nn.ModuleList
+    ln_f: nn.LayerNorm
+
+
 class GPT(nn.Module):
     """GPT-2. `model(input_ids) -> logits (B, T, vocab)`; see `generate` and `from_pretrained`."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
+        self.transformer = Transformer(
             {
                 "wte": nn.Embedding(config.vocab_size, config.emb_dim),
                 "wpe": nn.Embedding(config.context_length, config.emb_dim),

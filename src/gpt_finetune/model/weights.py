@@ -64,7 +64,8 @@ def load_weights(model: GPT, tensors: dict[str, torch.Tensor], source: str) -> N
             if transposed:
                 tensor = tensor.t()
             if name == "lm_head.weight" and model.config.tie_embeddings:
-                if not torch.equal(tensor, tensors.get("transformer.wte.weight", tensors.get("wte.weight"))):
+                wte = tensors.get("transformer.wte.weight", tensors.get("wte.weight"))
+                if wte is not None and not torch.equal(tensor, wte):  # no wte at all: reported as missing
                     raise UserError(
                         f"{source}: lm_head.weight differs from wte; load with tie_embeddings=false"
                     )
