@@ -7,6 +7,7 @@ from typing import Any, Generic, TypeVar
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader, Dataset
 
 from gpt_finetune.data.download import fetch, is_url
@@ -25,6 +26,13 @@ class FinetuneDataModule(L.LightningDataModule, Generic[D]):
     def __init__(self) -> None:
         super().__init__()
         self.datasets: dict[str, D] = {}
+
+    @property
+    def hparams(self) -> AttributeDict:
+        """The saved `__init__` arguments: a dict, which `save_hyperparameters` keeps as an AttributeDict."""
+        hparams = super().hparams
+        assert isinstance(hparams, AttributeDict)
+        return hparams
 
     def prepare_data(self) -> None:
         if is_url(self.hparams.path):

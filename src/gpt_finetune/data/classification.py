@@ -78,9 +78,13 @@ def read_rows(text: str, source: str, fmt: Format, text_column: Column, label_co
     """(line, text, label) per record; a column is a header name or, without a header, a 0-based index."""
     if fmt == "jsonl":
         return read_jsonl(text, source, text_column, label_column)
-    delimiter, quoting = (",", csv.QUOTE_MINIMAL) if fmt == "csv" else ("\t", csv.QUOTE_NONE)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
-    columns = {"label": label_column, "text": text_column}
+    reader = csv.reader(
+        io.StringIO(text, newline=""),
+        delimiter="," if fmt == "csv" else "\t",
+        quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,
+        strict=True,
+    )
+    columns: dict[str, Column] = {"label": label_column, "text": text_column}
     header: list[str] = []
     if any(isinstance(c, str) for c in columns.values()):
         header = parse_next(reader, source, fmt, 1) or []
@@ -90,8 +94,8 @@ def read_rows(text: str, source: str, fmt: Format, text_column: Column, label_co
                     f"{source}: line 1 (header) has no {role} column {column!r} (columns: "
                     f"{', '.join(header)}); set data.{role}_column to one of them"
                 )
-            columns[role] = header.index(column) if isinstance(column, str) else column
-    need = max(columns.values()) + 1
+    indices = {role: header.index(c) if isinstance(c, str) else c for role, c in columns.items()}
+    need = max(indices.values()) + 1
     width = max(need, len(header))  # fields per row: the header's, else just what the columns need
     rows, previous = [], reader.line_num
     while (fields := parse_next(reader, source, fmt, previous + 1)) is not None:
@@ -104,13 +108,13 @@ def read_rows(text: str, source: str, fmt: Format, text_column: Column, label_co
                 f"data.text_column={text_column} need {need}; is the file {fmt.upper()} (data.format)?"
             )
         if fmt == "tsv" and len(fields) > width:  # a tab inside the text: TSV has no quoting to protect it
-            if columns["text"] != width - 1:
+            if indices["text"] != width - 1:
                 raise UserError(
                     f"{source}: line {line} has {len(fields)} tab-separated columns, expected {width}; "
                     "remove the extra tabs or make the text the last column"
                 )
             fields = [*fields[: width - 1], "\t".join(fields[width - 1 :])]
-        rows.append((line, fields[columns["text"]], fields[columns["label"]]))
+        rows.append((line, fields[indices["text"]], fields[indices["label"]]))
     return rows
 
 

@@ -44,6 +44,7 @@ def fetch(url: str, cache_dir: str | Path | None = None, timeout: float = 30.0) 
     except (OSError, http.client.HTTPException, ValueError) as error:
         # URLError, HTTPError, timeouts and refused connections are OSErrors; a body cut short is an
         # HTTPException (IncompleteRead); a malformed host or port is a ValueError (InvalidURL).
+        reason: object
         if isinstance(error, urllib.error.HTTPError):
             reason = f"HTTP {error.code} {error.reason}"
         else:

@@ -12,7 +12,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loops.progress import _ProcessedTracker
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 
 def replicas(trainer: L.Trainer | None) -> tuple[int, int]:
@@ -97,7 +99,7 @@ def training_sampler(
     # drop_last here trims to a multiple of the world size; the DataLoader's drop_last then drops each
     # rank's short batch, leaving floor(n / (world size * batch_size)) whole global batches.
     return DistributedSampler(
-        range(len(lengths)),
+        range(len(lengths)),  # type: ignore[arg-type]  # typed as a Dataset, but it only takes len() of it
         num_replicas=num_replicas,
         rank=rank,
         shuffle=shuffle,
@@ -133,7 +135,7 @@ class ResumableDataLoader(DataLoader):
         if self._skip and "epoch" in state and hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(state["epoch"])  # the interrupted epoch's order, before iterating
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> _BaseDataLoaderIter:
         iterator, skip, self._skip = super().__iter__(), self._skip, 0
         for _ in range(skip):
             next(iterator)
@@ -155,6 +157,7 @@ def batches_done(trainer: L.Trainer | None) -> int:
 def finished_batches(trainer: L.Trainer) -> int:
     """Training batches of the current epoch that have run to their end."""
     progress = trainer.fit_loop.epoch_loop.batch_progress.current
+    assert isinstance(progress, _ProcessedTracker)  # a batch progress is one (typed as its base class)
     # Saved at a batch's end, that batch counts; saved mid-step (an interrupt), only the completed ones.
     at_batch_end = progress.started == progress.ready == progress.processed
     return progress.processed if at_batch_end else progress.completed

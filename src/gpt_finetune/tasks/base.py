@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 
 from gpt_finetune.model.build import build_gpt
 from gpt_finetune.tasks.optim import AdamWSettings, clip_gradients, configure_adamw
@@ -40,6 +41,13 @@ class FinetuneTask(L.LightningModule):
             {**self.hparams, "optimizer": asdict(settings)}
         )  # ... with `optimizer` whole
         self.model = build_gpt(**model)
+
+    @property
+    def hparams(self) -> AttributeDict:
+        """The saved `__init__` arguments: a dict, which `save_hyperparameters` keeps as an AttributeDict."""
+        hparams = super().hparams
+        assert isinstance(hparams, AttributeDict)
+        return hparams
 
     def log_loss(
         self, stage: Stage, loss: torch.Tensor, batch_size: int | None = None, **kwargs: Any

@@ -31,7 +31,7 @@ class InstructionTuning(FinetuneTask):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self._window_tokens = torch.zeros(())  # target tokens in the current accumulation window
-        self._batch_shape = (0, 0)
+        self._batch_shape: tuple[int, ...] = (0, 0)
         self._batch_tokens = 0
         self._batch_ends: deque[tuple[float, int]] = deque(maxlen=11)  # (time, target tokens)
 

@@ -53,7 +53,8 @@ def adamw(
         ]
     else:
         groups = [{"params": params, "weight_decay": weight_decay}]
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
+    beta1, beta2 = betas  # a list, where the YAML config gave it
+    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), fused=fused)
 
 
 def warmup_cosine(
@@ -90,7 +91,9 @@ def configure_adamw(module: L.LightningModule, settings: AdamWSettings) -> Any:
         fused = (
             False  # a fused step unscales GradScaler's gradients inside itself, where no clipping can follow
         )
-    optimizer = adamw(module.model, h.lr, h.weight_decay, h.decay_on, h.betas, fused)
+    model = module.model
+    assert isinstance(model, nn.Module)  # every task keeps its GPT in `self.model`
+    optimizer = adamw(model, h.lr, h.weight_decay, h.decay_on, h.betas, fused)
     if h.warmup_steps == 0 and not h.cosine:
         return optimizer  # the book: constant learning rate
 
