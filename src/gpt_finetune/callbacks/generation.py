@@ -11,15 +11,17 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from gpt_finetune.artifacts import write_json
+from gpt_finetune.data.instruct_datamodule import InstructionDataModule
 from gpt_finetune.errors import UserError
 from gpt_finetune.evaluation.responses import generate_responses
+from gpt_finetune.tasks.instruct import InstructionTuning
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,6 +36,16 @@ def sharded(trainer: L.Trainer) -> bool:
     return isinstance(trainer.strategy.model, FullyShardedDataParallel)
 
 
+def instruction_run(
+    trainer: L.Trainer, pl_module: L.LightningModule
+) -> tuple[InstructionTuning, InstructionDataModule]:
+    """The instruction task and data these callbacks generate with (TestResponses.setup checks the task)."""
+    # Lightning sets `trainer.datamodule` for each fit and test; the Trainer class does not declare it.
+    datamodule = getattr(trainer, "datamodule", None)
+    assert isinstance(pl_module, InstructionTuning) and isinstance(datamodule, InstructionDataModule)
+    return pl_module, datamodule
+
+
 def on_ranks(trainer: L.Trainer, pl_module: L.LightningModule, generate: Callable[[], T]) -> T | None:
     """`generate()` on rank 0 (None elsewhere), or under FSDP on every rank, run inside the root wrapper's
     forward: that gathers the weights FSDP keeps outside the transformer blocks (embeddings, final norm,
@@ -42,7 +54,9 @@ def on_ranks(trainer: L.Trainer, pl_module: L.LightningModule, generate: Callabl
     if not sharded(trainer):
         return generate() if trainer.is_global_zero else None
     wrapper = trainer.strategy.model
-    pl_module.forward = lambda *_: generate()  # the wrapper's forward calls its module's forward
+    assert wrapper is not None  # the FSDP wrapper `sharded` found
+    # The wrapper's forward calls its module's forward: an instance attribute shadows the method for one call.
+    pl_module.forward = lambda *_: generate()  # type: ignore[method-assign]
     try:
         return wrapper()
     finally:
@@ -62,12 +76,13 @@ class ValidationSamples(L.Callback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers:
             return
-        records = trainer.datamodule.splits["val"][: self.num_samples]
-        style = pl_module.hparams.prompt_style
+        task, datamodule = instruction_run(trainer, pl_module)
+        records = datamodule.splits["val"][: self.num_samples]
+        style = task.hparams.prompt_style
         results = on_ranks(
             trainer,
-            pl_module,
-            lambda: generate_responses(pl_module.model, records, style, max_new_tokens=self.max_new_tokens),
+            task,
+            lambda: generate_responses(task.model, records, style, max_new_tokens=self.max_new_tokens),
         )
         if results is None or not trainer.is_global_zero:
             return
@@ -78,6 +93,14 @@ class ValidationSamples(L.Callback):
             )
             for lg in loggers:
                 lg.experiment.add_text(f"val_samples/{i}", text, global_step=trainer.global_step)
+
+
+class GenerationOptions(TypedDict):
+    max_new_tokens: int
+    batch_size: int
+    temperature: float
+    top_k: int | None
+    seed: int | None
 
 
 class TestResponses(L.Callback):
@@ -95,7 +118,7 @@ class TestResponses(L.Callback):
     ) -> None:
         self.output_dir = Path(output_dir)
         self.enabled = enabled
-        self.options = {
+        self.options: GenerationOptions = {
             "max_new_tokens": max_new_tokens,
             "batch_size": batch_size,
             "temperature": temperature,
@@ -104,7 +127,7 @@ class TestResponses(L.Callback):
         }
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if "prompt_style" not in pl_module.hparams:
+        if not isinstance(pl_module, InstructionTuning):
             raise UserError(
                 "callbacks=instruct writes generated responses and needs task=instruct; "
                 "use callbacks=classify (or callbacks=default) with this task"
@@ -119,8 +142,9 @@ class TestResponses(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or (not trainer.is_global_zero and not sharded(trainer)):
             return
-        records = trainer.datamodule.splits["test"]
-        options = dict(self.options)
+        task, datamodule = instruction_run(trainer, pl_module)
+        records = datamodule.splits["test"]
+        options = self.options.copy()
         if options["seed"] is None and sharded(trainer):  # sampling must draw the same tokens on every rank
             options["seed"] = trainer.strategy.broadcast(random.randrange(2**31))
         if trainer.is_global_zero:
@@ -128,11 +152,11 @@ class TestResponses(L.Callback):
         started = time.perf_counter()
         responses = on_ranks(
             trainer,
-            pl_module,
+            task,
             lambda: generate_responses(
-                pl_module.model,
+                task.model,
                 records,
-                pl_module.hparams.prompt_style,
+                task.hparams.prompt_style,
                 **options,
                 progress=trainer.is_global_zero,  # under FSDP every rank generates: one bar
                 trainer=trainer,
@@ -142,5 +166,5 @@ class TestResponses(L.Callback):
             return
         write_json(self.output_dir / "test_responses.json", responses)
         trainer.callback_metrics["test/generation_s"] = torch.tensor(time.perf_counter() - started)
-        stopped = sum(r["stopped"] for r in responses) / max(1, len(responses))
+        stopped = sum(bool(r["stopped"]) for r in responses) / max(1, len(responses))
         trainer.callback_metrics["test/stopped_fraction"] = torch.tensor(stopped)

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from gpt_finetune.artifacts import atomic_path, write_text
+from gpt_finetune.data.classify_datamodule import ClassificationDataModule
 from gpt_finetune.errors import UserError
 from gpt_finetune.tasks.classify import Classification
 
@@ -82,7 +83,10 @@ class TestPredictions(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or not trainer.is_global_zero or not self._probs:
             return
-        examples = trainer.datamodule.splits["test"]
+        # Lightning sets `trainer.datamodule` for each fit and test; the Trainer class does not declare it.
+        datamodule = getattr(trainer, "datamodule", None)
+        assert isinstance(pl_module, Classification) and isinstance(datamodule, ClassificationDataModule)
+        examples = datamodule.splits["test"]
         indices, probs = torch.cat(self._indices), torch.cat(self._probs)
         targets = [examples[i].label for i in indices.tolist()]
         labels = pl_module.labels
