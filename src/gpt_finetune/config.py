@@ -7,9 +7,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -18,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gpt_finetune.errors import UserError
 from gpt_finetune.renames import move_renamed_keys
+from gpt_finetune.tasks.base import FinetuneTask
 
 log = logging.getLogger(__name__)
 # Where classes named by `_target_` in configs saved by earlier versions live now (resume reads those).
@@ -44,6 +44,14 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("bundled", bundled_path)
 
 
+def plain_dict(config: DictConfig | ListConfig, *, resolve: bool = False) -> dict[str, Any]:
+    """A config mapping as plain dicts and lists (interpolations kept unless `resolve`)."""
+    container = OmegaConf.to_container(config, resolve=resolve)
+    if not isinstance(container, dict):
+        raise TypeError(f"expected a config mapping, got a {type(container).__name__}")
+    return cast(dict[str, Any], container)  # OmegaConf types the keys as any DictKeyType; configs use str
+
+
 def check_config(cfg: DictConfig) -> None:
     """Fail before any work on settings that cannot run; all problems in one line."""
     problems = []
@@ -57,11 +65,12 @@ def check_config(cfg: DictConfig) -> None:
     elif precision.startswith("16") and not on_gpu:
         problems.append(f"trainer.precision={precision} needs a GPU; on a CPU use bf16-mixed or 32-true")
     clips = (cfg.trainer.get("gradient_clip_val") or 0) > 0
-    if precision in ("16-mixed", "16") and cfg.task.get("fused_adamw") is True and clips:
+    fused = OmegaConf.select(cfg, "task.optimizer.fused_adamw")  # what the task is built from
+    if precision in ("16-mixed", "16") and fused is True and clips:
         # A fused AdamW unscales the GradScaler's gradients inside its step, after clipping's turn.
         problems.append(
-            "task.fused_adamw=true cannot clip 16-mixed gradients (trainer.gradient_clip_val); "
-            "set task.fused_adamw=null (unfused when clipping) or use trainer.precision=bf16-mixed"
+            "optimizer.fused_adamw=true cannot clip 16-mixed gradients (trainer.gradient_clip_val); "
+            "set optimizer.fused_adamw=null (unfused when clipping) or use trainer.precision=bf16-mixed"
         )
     if cfg.data.get("batch_size", 1) < 1:
         problems.append(f"data.batch_size={cfg.data.batch_size} must be >= 1")
@@ -92,7 +101,7 @@ DATA_KINDS = {
 
 def task_data_mismatch(cfg: DictConfig) -> str | None:
     """The task reads a key the data config lacks (`task=instruct data=spam`): the mismatch and the fix."""
-    task = OmegaConf.to_container(cfg.task, resolve=False)
+    task = plain_dict(cfg.task)
     reads = (re.fullmatch(r"\$\{data\.(\w+)\}", v) for v in task.values() if isinstance(v, str))
     missing = [m.group(1) for m in reads if m is not None and m.group(1) not in cfg.data]
     if not missing:
@@ -116,7 +125,7 @@ def chosen(group: str, cfg: DictConfig) -> str:
     return f"{group}._target_={cfg[group].get('_target_')}"
 
 
-def check_fits(cfg: DictConfig, task: L.LightningModule) -> None:
+def check_fits(cfg: DictConfig, task: FinetuneTask) -> None:
     """The data's max_length must fit the model's context window."""
     context = task.model.config.context_length
     max_length = cfg.data.get("max_length")
@@ -138,6 +147,8 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     if not last.is_file() or not saved.is_file():
         raise UserError(f"{run_dir}: nothing to resume (needs config.yaml and checkpoints/last.ckpt)")
     resumed = OmegaConf.load(saved)
+    if not isinstance(resumed, DictConfig):
+        raise UserError(f"{saved} holds a list, not a run's config; resume a run dir that train.py wrote")
     move_targets(resumed)
     moved = move_renamed_keys(resumed)
     if moved:

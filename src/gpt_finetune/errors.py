@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -22,6 +22,10 @@ class UserError(Exception):
     """A problem with the user's input or setup; the message says what and how to fix it."""
 
 
+@overload
+def run_command(command: Callable[[DictConfig], T], cfg: DictConfig, job_dir: None = None) -> T: ...
+@overload
+def run_command(command: Callable[[DictConfig], T], cfg: DictConfig, job_dir: str) -> T | float: ...
 def run_command(command: Callable[[DictConfig], T], cfg: DictConfig, job_dir: str | None = None) -> T | float:
     """`command(cfg)`, a failure the user can fix shown as one `error:` line on stderr and exit code 2.
 

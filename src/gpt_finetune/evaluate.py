@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from gpt_finetune.artifacts import atomic_path, write_json, write_text
-from gpt_finetune.config import register_resolvers
+from gpt_finetune.config import plain_dict, register_resolvers
 from gpt_finetune.devices import resolve_device
 from gpt_finetune.errors import UserError, run_command
 from gpt_finetune.evaluation.judge import Judge
@@ -113,7 +113,7 @@ def score_and_report(target: Target, responses: Responses, config: dict[str, Any
     per_record = [
         {"instruction": r["instruction"], **s} for r, s in zip(responses.records, scores, strict=True)
     ]
-    about = {"source": responses.source}
+    about: dict[str, str | int | None] = {"source": responses.source}
     if target.own_folder:
         about |= {"run_dir": str(run_dir), "checkpoint": str(target.ckpt), "global_step": responses.step}
     write_json(out_dir / "response_metrics.json", {**about, **summary, "per_record": per_record})
@@ -125,7 +125,8 @@ def score_and_report(target: Target, responses: Responses, config: dict[str, Any
     if target.own_folder:
         notes.append(f"Checkpoint: {target.ckpt} (step {responses.step})")
     report = ReportData(
-        title=f"Evaluation of {run_dir.name}" + (f": {target.ckpt.name}" if target.own_folder else ""),
+        title=f"Evaluation of {run_dir.name}"
+        + (f": {target.ckpt.name}" if target.own_folder and target.ckpt is not None else ""),
         records=responses.records,
         scores=scores,
         summary=summary,
@@ -200,7 +201,7 @@ def generation_settings(overrides: DictConfig, config: dict[str, Any]) -> dict[s
     """Generation keyword arguments: the run's `generate` settings and seed, then non-null overrides."""
     saved = {**config.get("generate", {}), "seed": config.get("seed")}
     settings = {key: saved.get(key) for key in GENERATE_KEYS}
-    settings.update({k: v for k, v in OmegaConf.to_container(overrides).items() if v is not None})
+    settings.update({k: v for k, v in plain_dict(overrides).items() if v is not None})
     return {k: v for k, v in settings.items() if v is not None}
 
 

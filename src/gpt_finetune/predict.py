@@ -20,13 +20,13 @@ log = logging.getLogger(__name__)
 
 def classifier_checkpoint(run_dir: str | None, checkpoint: str | None = None) -> Path:
     """`checkpoint` if given, else the run's tested checkpoint (as `evaluate.py` finds it)."""
-    if run_dir is None and checkpoint is None:
-        raise UserError("pass run_dir=RUN (the output folder of a train.py run) or checkpoint=PATH")
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
             raise UserError(f"checkpoint={checkpoint}: no such file; pass a .ckpt written by train.py")
         return path
+    if run_dir is None:
+        raise UserError("pass run_dir=RUN (the output folder of a train.py run) or checkpoint=PATH")
     found = find_checkpoint(Path(run_dir).expanduser())
     if found is None:
         raise UserError(
@@ -55,6 +55,7 @@ def read_texts(text: str | None, file: str | None) -> list[str]:
         if not str(text).strip():
             raise UserError('text is empty; pass the text to classify: text="..."')
         return [str(text)]
+    assert file is not None  # exactly one of the two
     path = Path(file).expanduser()
     if not path.is_file():
         raise UserError(f"file={file}: no such file; pass a text file with one text per line")
@@ -80,7 +81,7 @@ def predict(cfg: DictConfig) -> list[tuple[str, float, str]]:
 
 def literal_text_argv(argv: list[str]) -> list[str]:
     """`text=...` arguments quoted for Hydra: commas, quotes, `!` or `${` in a text reach predict verbatim."""
-    quoted = []
+    quoted: list[str] = []
     for arg in argv:
         if arg.startswith("text="):
             value = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", arg[len("text=") :])

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from gpt_finetune.config import plain_dict
 from gpt_finetune.data.instructions import Record
 from gpt_finetune.errors import UserError
 from gpt_finetune.model import GPT
@@ -67,7 +68,7 @@ def find_checkpoint(run_dir: Path) -> Path | None:
 def run_config(run_dir: Path) -> dict[str, Any]:
     """The run's resolved `config.yaml` as a dict; {} when the run has none."""
     path = run_dir / "config.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}  # type: ignore[return-value]
+    return plain_dict(OmegaConf.load(path)) if path.is_file() else {}
 
 
 def load_finetuned(ckpt: Path, device: str | torch.device = "cpu") -> Finetuned:
