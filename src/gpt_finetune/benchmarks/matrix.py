@@ -136,7 +136,8 @@ def reference_loop(
     hf = GPT2Config(n_embd=config.emb_dim, n_layer=config.n_layers, n_head=config.n_heads)
     hf.resid_pdrop = hf.embd_pdrop = hf.attn_pdrop = 0.0
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(hf).to(device).train()
+    # transformers decorates PreTrainedModel.to, and mypy reads the decorated method as unbound.
+    model = GPT2LMHeadModel(hf).to(device).train()  # type: ignore[arg-type]
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
     sequences, _ = load_train_sequences(data)
     batches = book_batches(sequences, batch_size, seed, steps)

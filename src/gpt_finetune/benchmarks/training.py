@@ -65,8 +65,8 @@ def load_train_sequences(data: str | Path | None) -> tuple[list[list[int]], Path
 
 def book_batches(seqs: list[list[int]], batch_size: int, seed: int, n: int) -> list[dict[str, torch.Tensor]]:
     """The first `n` batches of the book's loader: seeded shuffle, drop_last, padding-only masking."""
-    loader = DataLoader(
-        seqs,  # type: ignore[arg-type]
+    loader: DataLoader[list[int]] = DataLoader(
+        seqs,  # type: ignore[arg-type]  # a list is a map-style dataset; torch types the argument as Dataset
         batch_size=batch_size,
         shuffle=True,
         drop_last=True,
@@ -133,14 +133,15 @@ def row_worker(row: Row, settings: dict[str, Any], seqs: list[list[int]], conn: 
         batches = book_batches(seqs, bs, seed, n)
     batches = [batches[i % len(batches)] for i in range(n)]  # a small data set is repeated
     model, opt, detail = make_model(row, settings["reference_dropout"])
+    from gpt_finetune.model import GPT
     from gpt_finetune.tasks.loss import masked_lm_loss
 
     def step(batch: dict[str, torch.Tensor]) -> float:
         ids, targets = batch["input_ids"], batch["targets"]
         amp = torch.autocast("cpu", dtype=torch.bfloat16) if row.bf16 else contextlib.nullcontext()
         with amp:
-            if row.ours:
-                loss = masked_lm_loss(model, ids, targets, head_on_targets_only=True)  # type: ignore[arg-type]
+            if isinstance(model, GPT):  # row.ours
+                loss = masked_lm_loss(model, ids, targets, head_on_targets_only=True)
             else:
                 logits = model(ids).logits
                 loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)

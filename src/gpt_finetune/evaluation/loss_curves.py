@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from gpt_finetune.evaluation.tensorboard_io import Series
@@ -35,7 +36,8 @@ def plot_losses(curves: Mapping[str, Series]) -> bytes | None:
     if per_epoch:
         # Lightning logs step s after s + 1 optimizer steps: epoch = (s + 1) / steps per epoch.
         top = ax.secondary_xaxis(
-            "top", functions=(lambda s: (s + 1) / per_epoch, lambda e: e * per_epoch - 1)
+            "top",
+            functions=(lambda s: (np.asarray(s) + 1) / per_epoch, lambda e: np.asarray(e) * per_epoch - 1),
         )
         top.set_xlabel("Epoch")
     buffer = io.BytesIO()
