@@ -5,7 +5,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from gpt_finetune.renames import renamed_override_error
+from gpt_finetune.config import register_resolvers
+from gpt_finetune.renames import refuse_renamed_keys
 from gpt_finetune.train import main as run_main
 
 
@@ -15,8 +16,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    renamed = renamed_override_error(sys.argv[1:])  # before Hydra, whose message for it is many lines
-    if renamed is not None:
-        print(f"error: {renamed}", file=sys.stderr)
-        sys.exit(2)
+    refuse_renamed_keys(sys.argv[1:])
+    register_resolvers()  # the sweep folder's name uses ${short_name:...}
     main()

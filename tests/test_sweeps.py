@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,20 +18,16 @@ FAST = [
 ]
 
 
-def multirun(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", "-m", *FAST, f"hydra.sweep.dir={sweep_dir}", *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+@pytest.fixture
+def multirun(run_train, tmp_path: Path):
+    """`multirun(*overrides)`: `train.py -m` with the fast settings, sweeping into tmp_path."""
+    return lambda *overrides: run_train("-m", *FAST, f"hydra.sweep.dir={tmp_path}", *overrides, timeout=900)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the combinations a CPU-only machine cannot run")
-def test_device_by_precision_sweep_runs_every_combination(tmp_path: Path) -> None:
-    done = multirun(tmp_path, "trainer=cpu,gpu", "trainer.precision=32-true,16-mixed")
+def test_device_by_precision_sweep_runs_every_combination(multirun, tmp_path: Path) -> None:
+    done = multirun("trainer=cpu,gpu", "trainer.precision=32-true,16-mixed")
     assert done.returncode == 0, done.stderr[-3000:]
     runs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     combos = {
@@ -57,8 +51,8 @@ def test_device_by_precision_sweep_runs_every_combination(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_optuna_preset_runs_trials_and_reports_the_best(tmp_path: Path) -> None:
-    done = multirun(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2")
+def test_optuna_preset_runs_trials_and_reports_the_best(multirun, tmp_path: Path) -> None:
+    done = multirun("hparams_search=optuna", "hydra.sweeper.n_trials=2")
     assert done.returncode == 0, done.stderr[-3000:]
     trials = [p for p in tmp_path.iterdir() if p.is_dir() and (p / "metrics.json").is_file()]
     assert len(trials) == 2
@@ -67,10 +61,12 @@ def test_optuna_preset_runs_trials_and_reports_the_best(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_job_failing_a_lightning_check_writes_error_txt_and_the_sweep_goes_on(tmp_path: Path) -> None:
+def test_a_job_failing_a_lightning_check_writes_error_txt_and_the_sweep_goes_on(
+    multirun, tmp_path: Path
+) -> None:
     # val_check_interval=-1 passes our checks; Lightning's Trainer raises MisconfigurationException (which
     # Hydra's instantiate wraps), once ending the whole sweep with exit 2.
-    done = multirun(tmp_path, "trainer.val_check_interval=-1,2")
+    done = multirun("trainer.val_check_interval=-1,2")
     assert done.returncode == 0, done.stderr[-3000:]
     bad, good = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     reason = (bad / "error.txt").read_text()
@@ -80,13 +76,22 @@ def test_a_job_failing_a_lightning_check_writes_error_txt_and_the_sweep_goes_on(
 
 
 @pytest.mark.slow
-def test_optuna_trials_that_end_before_their_first_validation_still_report_a_value(tmp_path: Path) -> None:
+def test_optuna_trials_that_end_before_their_first_validation_still_report_a_value(
+    multirun, tmp_path: Path
+) -> None:
     # 2 steps of a 12-batch epoch validated once an epoch: no validation ran, so the final weights are
     # validated once (a trial returning None failed, and an all-failed study ended in a traceback).
-    done = multirun(
-        tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.val_check_interval=1.0"
-    )
+    done = multirun("hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.val_check_interval=1.0")
     assert done.returncode == 0, done.stderr[-3000:]
     results = (tmp_path / "optimization_results.yaml").read_text()
     best = float(results.split("best_value:")[1].split()[0])
     assert 0 < best < 20  # a cross-entropy of a 50,257-token vocabulary, not NaN
+
+
+def test_long_sweep_folder_names_are_cut_with_a_hash_of_the_whole() -> None:
+    from gpt_finetune.config import short_name
+
+    assert short_name("trainer=cpu,seed=1") == "trainer=cpu,seed=1"
+    long = ",".join(f"optimizer.key_{i}=0.123456789" for i in range(30))
+    assert len(short_name(long)) == 200 and short_name(long) != short_name(long + "1")
+    assert short_name(long).startswith(long[:100])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -38,10 +39,23 @@ def bundled_path(name: str) -> str:
     return str(path)
 
 
+def short_name(text: str, limit: int = 200) -> str:
+    """`text` as a file name of at most `limit` characters: cut, with a hash of the whole, when longer.
+
+    A sweep job's folder is named for its overrides, which grow past the 255 bytes a file name may hold.
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 9]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
 def register_resolvers() -> None:
-    """Register the config resolvers (`${bundled:...}`); each command's `main` calls it first. Idempotent."""
-    if not OmegaConf.has_resolver("bundled"):
-        OmegaConf.register_new_resolver("bundled", bundled_path)
+    """Register the config resolvers (`${bundled:...}`, `${short_name:...}`); each entry point calls it before
+    Hydra resolves its own config, and each command's `main` again (a SLURM job starts in `main`). Idempotent.
+    """
+    for name, resolver in (("bundled", bundled_path), ("short_name", short_name)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def plain_dict(config: DictConfig | ListConfig, *, resolve: bool = False) -> dict[str, Any]:
