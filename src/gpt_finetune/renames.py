@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
@@ -37,6 +38,15 @@ def renamed_override_error(argv: Sequence[str]) -> str | None:
         if new is not None:
             problems.append(f"{name} was renamed to {swept}{new}; use {prefix}{swept}{new}{equals}{value}")
     return "; ".join(problems) or None
+
+
+def refuse_renamed_keys(argv: Sequence[str]) -> None:
+    """Exit with code 2 and one line naming the new key when `argv` uses a renamed one; each entry point
+    calls it before Hydra parses the command line (Hydra's own message for an unknown key is many lines)."""
+    renamed = renamed_override_error(argv)
+    if renamed is not None:
+        print(f"error: {renamed}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def move_renamed_keys(config: DictConfig) -> list[str]:

@@ -31,13 +31,13 @@ class LossGuard(L.Callback):
         where = f"at step {step} (epoch {trainer.current_epoch}, batch {batch_idx})"
         if not math.isfinite(value):
             raise UserError(
-                f"non-finite training loss ({value}) {where}; lower task.lr, set "
+                f"non-finite training loss ({value}) {where}; lower optimizer.lr, set "
                 "trainer.gradient_clip_val=1.0 or use trainer.precision=32-true, then resume from last.ckpt"
             )
         factor, mean = self.explode_factor, self._mean
         if factor is not None and mean is not None and step > self.warmup_steps and value > factor * mean:
             raise UserError(
                 f"training loss exploded to {value:.3g} {where}, {value / mean:.1f}x its running "
-                "mean; lower task.lr or set trainer.gradient_clip_val=1.0"
+                "mean; lower optimizer.lr or set trainer.gradient_clip_val=1.0"
             )
         self._mean = value if self._mean is None else 0.9 * self._mean + 0.1 * value
