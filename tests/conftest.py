@@ -1,18 +1,66 @@
-"""Shared fixtures: tiny GPT configs and the path to ../shared/data."""
+"""Shared fixtures: tiny GPT configs, ../shared/data, `train.py` as a user runs it, a finished quickstart run.
+
+Support modules that `train.py` subprocesses load from `PYTHONPATH=tests` (test-only callbacks and
+strategies) sit beside this file: `train_interrupts.py`, `ddp_faults.py`, `cpu_fsdp.py`.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 from gpt_finetune.config import register_resolvers
 from gpt_finetune.model import GPT, GPTConfig
 
 register_resolvers()  # configs composed in tests resolve ${bundled:...} as the entry points do
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+# A short quickstart: 6 steps, two validations (a curve, not a point), 8-token responses.
+QUICKSTART = (
+    "experiment=quickstart",
+    "trainer.max_epochs=1",
+    "++trainer.max_steps=6",
+    "trainer.val_check_interval=3",
+    "generate.max_new_tokens=8",
+)
+Train = Callable[..., subprocess.CompletedProcess]
+
+
+def default_signal_handlers() -> None:
+    """Give a child a terminal user's SIGINT and SIGTERM dispositions (background shells ignore SIGINT)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def train(
+    *overrides: str, timeout: float = 600, script: str = "train.py", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python train.py OVERRIDES` (or another `script`) run from the checkout as a user would, output
+    captured, `env` added; the tests' support modules importable (`+callbacks.x._target_=...`).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | (env or {})
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), *filter(None, [env.get("PYTHONPATH")])])
+    return subprocess.run(
+        [sys.executable, script, *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=default_signal_handlers,
+    )
 
 
 def shared_file(name: str) -> Path:
@@ -21,6 +69,57 @@ def shared_file(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not present")
     return path
+
+
+@pytest.fixture(scope="session")
+def run_train() -> Train:
+    """`run_train(*overrides, timeout=600)`: a `train.py` subprocess (see `train`)."""
+    return train
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Callable[[str], Path]:
+    """`shared_data(name)`: a file of ../shared/data, or skip the test without it."""
+    return shared_file
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished short quickstart run, trained once per session (read-only: evaluate a `copy_run`)."""
+    run_dir = tmp_path_factory.mktemp("quickstart") / "run"
+    done = train(*QUICKSTART, f"hydra.run.dir={run_dir}", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
+def copy_of_run(run_dir: Path, destination: Path) -> Path:
+    """A copy of a run dir whose checkpoints/ links to the original's (checkpoints are only read)."""
+    shutil.copytree(run_dir, destination, ignore=shutil.ignore_patterns("checkpoints"))
+    (destination / "checkpoints").symlink_to(run_dir / "checkpoints", target_is_directory=True)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def copy_run() -> Callable[[Path, Path], Path]:
+    """`copy_run(run_dir, destination)`: a copy to evaluate or change (see `copy_of_run`)."""
+    return copy_of_run
+
+
+@pytest.fixture
+def quickstart_copy(quickstart_run: Path, tmp_path: Path) -> Path:
+    """A copy of the quickstart run for one test to evaluate or change."""
+    return copy_of_run(quickstart_run, tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def evaluate_config() -> Callable[..., DictConfig]:
+    """`evaluate_config(*overrides)`: conf/evaluate.yaml composed as `python evaluate.py ...` sees it."""
+
+    def compose_evaluate(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return compose(config_name="evaluate", overrides=list(overrides))
+
+    return compose_evaluate
 
 
 @pytest.fixture

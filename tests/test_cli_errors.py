@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,14 +102,15 @@ class Started:
     fragments: tuple[str, ...] = ()
 
 
-def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    """Run `python train.py` with the fast settings; HYDRA_FULL_ERROR unset, loopback never proxied."""
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"no_proxy": "*"}
-    command = [sys.executable, "train.py", *FAST, f"hydra.run.dir={run_dir}", *overrides]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+Train = Callable[..., subprocess.CompletedProcess]
 
 
-def start_long_records(pool: ThreadPoolExecutor, folder: Path) -> Started:
+def fast_train(run_train: Train, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """`python train.py` with the fast settings into `run_dir`; loopback never proxied."""
+    return run_train(*FAST, f"hydra.run.dir={run_dir}", *overrides, timeout=120, env={"no_proxy": "*"})
+
+
+def start_long_records(pool: ThreadPoolExecutor, run_train: Train, folder: Path) -> Started:
     """A one-step run on LONG_RECORDS with data.max_length=MAX_LENGTH and no generation."""
     folder.mkdir()
     (folder / "records.json").write_text(json.dumps(LONG_RECORDS))
@@ -122,7 +121,7 @@ def start_long_records(pool: ThreadPoolExecutor, folder: Path) -> Started:
         "generate.enabled=false",
         "++trainer.max_steps=1",  # conf/trainer has no max_steps key yet
     )
-    return Started(folder, pool.submit(train, folder / "run", *overrides))
+    return Started(folder, pool.submit(fast_train, run_train, folder / "run", *overrides))
 
 
 def closed_port() -> int:
@@ -133,7 +132,7 @@ def closed_port() -> int:
 
 @pytest.fixture(scope="module")
 def runs(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, run_train: Train
 ) -> Iterator[dict[str, Started]]:
     """The selected cases (and the long-records run) started at once, three at a time (~5 s each)."""
     root, port = tmp_path_factory.mktemp("cli"), closed_port()
@@ -154,9 +153,11 @@ def runs(
                 (folder / "records.json").write_text(case.data)
                 overrides.append(f"data.path={folder / 'records.json'}")
             fragments = tuple(f.format(dir=folder, port=port) for f in case.fragments)
-            started[name] = Started(folder, pool.submit(train, folder / "run", *overrides), fragments)
+            started[name] = Started(
+                folder, pool.submit(fast_train, run_train, folder / "run", *overrides), fragments
+            )
         if "long-records" in selected:
-            started["long-records"] = start_long_records(pool, root / "long-records")
+            started["long-records"] = start_long_records(pool, run_train, root / "long-records")
         yield started
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -65,20 +63,11 @@ def test_inside_a_run_responses_are_a_row_of_lightnings_rich_bar(capfd: pytest.C
     assert "responses:" not in capfd.readouterr().err  # and no tqdm bar fighting the rich one
 
 
-def run_quickstart(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", "experiment=quickstart", f"hydra.run.dir={run_dir}", *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 @pytest.mark.slow
-def test_a_quickstart_run_prints_no_advert_or_irrelevant_warning(tmp_path: Path) -> None:
-    done = run_quickstart(
-        tmp_path / "run",
+def test_a_quickstart_run_prints_no_advert_or_irrelevant_warning(tmp_path: Path, run_train) -> None:
+    done = run_train(
+        "experiment=quickstart",
+        f"hydra.run.dir={tmp_path / 'run'}",
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2",
         "generate.max_new_tokens=2",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -70,24 +68,16 @@ def test_accumulation_gives_the_gradients_of_the_whole_batch_token_mean() -> Non
     assert not torch.allclose(grad, whole["model.transformer.ln_f.weight"], rtol=1e-3)
 
 
-def train_losses(tmp_path: Path, name: str, *overrides: str) -> list[float]:
+def train_losses(run_train, tmp_path: Path, name: str, *overrides: str) -> list[float]:
     run_dir = tmp_path / name
-    done = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "experiment=quickstart",
-            "trainer.max_steps=4",
-            "trainer.val_check_interval=4",
-            "callbacks=none",
-            "generate.enabled=false",
-            f"hydra.run.dir={run_dir}",
-            *overrides,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_train(
+        "experiment=quickstart",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=4",
+        "callbacks=none",
+        "generate.enabled=false",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
@@ -95,9 +85,9 @@ def train_losses(tmp_path: Path, name: str, *overrides: str) -> list[float]:
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path: Path) -> None:
-    single = train_losses(tmp_path, "single", "trainer=cpu", "data.batch_size=8")
-    ddp = train_losses(tmp_path, "ddp", "trainer=ddp_cpu", "data.batch_size=4")
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path: Path, run_train) -> None:
+    single = train_losses(run_train, tmp_path, "single", "trainer=cpu", "data.batch_size=8")
+    ddp = train_losses(run_train, tmp_path, "ddp", "trainer=ddp_cpu", "data.batch_size=4")
     assert len(single) == len(ddp) == 4
     for a, b in zip(single, ddp, strict=True):
         assert abs(a - b) <= 1e-4

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -59,14 +57,8 @@ def test_compiled_training_on_cuda_reaches_the_eager_losses(tmp_path: Path) -> N
     assert compiled["best_val/loss"] == pytest.approx(eager["best_val/loss"], rel=2e-2)
 
 
-def test_train_py_under_fsdp_on_the_gpus(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "train.py", *TINY_RUN, "trainer=fsdp", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+def test_train_py_under_fsdp_on_the_gpus(tmp_path: Path, run_train) -> None:
+    done = run_train(*TINY_RUN, "trainer=fsdp", f"hydra.run.dir={tmp_path}", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["global_step"] == 6 and math.isfinite(metrics["test/loss"])

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from run_dir_fixture import evaluate_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
@@ -156,7 +155,9 @@ def test_endpoint(protocol: str, base: str, url: str) -> None:
         ("openai", "http://localhost:11434/v1/chat/completions", "OPENAI_API_KEY"),
     ],
 )
-def test_judge_configs_instantiate(choice: str, url: str | None, key_env: str | None) -> None:
+def test_judge_configs_instantiate(
+    choice: str, url: str | None, key_env: str | None, evaluate_config
+) -> None:
     judge = build_judge(evaluate_config(f"judge={choice}").judge)
     if url is None:
         assert judge is None
@@ -233,6 +234,7 @@ def test_evaluate_with_judge_writes_scores_everywhere_but_never_the_key(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    evaluate_config,
 ) -> None:
     base_url, served = server
     secret = f"sk-test-{uuid.uuid4().hex}"
@@ -261,7 +263,9 @@ def test_evaluate_with_judge_writes_scores_everywhere_but_never_the_key(
     assert any(tag.startswith("judge/summary") for tag in events.Tags()["tensors"])
 
 
-def test_unreachable_judge_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_judge_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], evaluate_config
+) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed once the block ends: nothing listens there

@@ -17,12 +17,13 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
-from run_dir_fixture import ROOT, quickstart_run  # noqa: E402, F401
 
 from gpt_finetune.data.prompts import format_prompt  # noqa: E402
 from gpt_finetune.evaluation.lm_eval_adapter import GPTFinetuneLM  # noqa: E402
 from gpt_finetune.model import GPT, GPTConfig  # noqa: E402
 from gpt_finetune.tokenizer import gpt2_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 QUESTIONS = [
     ("What colour is the sky on a clear day?", ["blue", "green", "red"], 0),
@@ -189,7 +190,7 @@ def test_chat_template_uses_the_prompt_style(tiny_model: GPT) -> None:
     assert adapter.apply_chat_template(turn) == format_prompt({"instruction": "Name a colour.", "input": ""})
 
 
-def test_loads_a_run_dir_and_runs_from_the_command_line(quickstart_run: Path, task_dir: Path) -> None:  # noqa: F811
+def test_loads_a_run_dir_and_runs_from_the_command_line(quickstart_run: Path, task_dir: Path) -> None:
     adapter = GPTFinetuneLM(run_dir=str(quickstart_run), device="cpu")
     state = torch.load(quickstart_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert adapter.prompt_style == "alpaca"

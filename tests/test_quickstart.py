@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,21 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_quickstart_writes_every_artifact(tmp_path: Path) -> None:
+def test_quickstart_writes_every_artifact(tmp_path: Path, run_train) -> None:
     run_dir = tmp_path / "run"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "experiment=quickstart",
-            "trainer.max_epochs=3",
-            "generate.max_new_tokens=16",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_train(
+        "experiment=quickstart",
+        "trainer.max_epochs=3",
+        "generate.max_new_tokens=16",
+        f"hydra.run.dir={run_dir}",
     )
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -34,14 +34,10 @@ RUN = [
 STEPS_PER_EPOCH = 12  # 102 training records of the bundled sample, batches of 8, last one dropped
 
 
-def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", *RUN, f"hydra.run.dir={run_dir}", *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+@pytest.fixture
+def train(run_train):
+    """`train(run_dir, *overrides)`: the reliability run (`RUN`) into `run_dir`."""
+    return lambda run_dir, *overrides: run_train(*RUN, f"hydra.run.dir={run_dir}", *overrides)
 
 
 def default_signal_handlers() -> None:
@@ -75,7 +71,9 @@ def final_state(run_dir: Path) -> tuple[int, dict[str, torch.Tensor], float]:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path: Path) -> None:
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(
+    tmp_path: Path, train, run_train
+) -> None:
     assert train(tmp_path / "whole").returncode == 0
     process = start_and_wait_for_checkpoint(tmp_path / "killed")
     process.kill()  # SIGKILL: no handler runs
@@ -83,13 +81,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert (
         torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
     )
-    resumed = subprocess.run(
-        [sys.executable, "train.py", f"resume={tmp_path / 'killed'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = run_train(f"resume={tmp_path / 'killed'}", timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     step, weights, val_loss = final_state(tmp_path / "whole")
@@ -126,7 +118,7 @@ def test_sigint_saves_a_loadable_checkpoint_and_no_partial_artifacts(tmp_path: P
 
 
 @pytest.mark.slow
-def test_sigterm_exits_143_naming_the_resume_command_and_the_run_resumes(tmp_path: Path) -> None:
+def test_sigterm_exits_143_naming_the_resume_command_and_the_run_resumes(tmp_path: Path, run_train) -> None:
     run_dir = tmp_path / "run"
     with (tmp_path / "stderr.txt").open("w") as stderr:
         process = start_and_wait_for_checkpoint(run_dir, stderr)
@@ -149,13 +141,7 @@ def test_sigterm_exits_143_naming_the_resume_command_and_the_run_resumes(tmp_pat
     assert unfinished == []
 
     # Stop at the end of the first epoch (12 steps): its validation gives early stopping its val/loss.
-    resumed = subprocess.run(
-        [sys.executable, "train.py", f"resume={run_dir}", f"trainer.max_steps={STEPS_PER_EPOCH}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = run_train(f"resume={run_dir}", f"trainer.max_steps={STEPS_PER_EPOCH}", timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     finished = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert finished["global_step"] == STEPS_PER_EPOCH
@@ -176,7 +162,9 @@ class PoisonAtStep(L.Callback):
                 pl_module.model.transformer.ln_f.weight[0] = float("nan")
 
 
-def test_a_run_stopping_before_its_first_validation_keeps_one_current_last_checkpoint(tmp_path: Path) -> None:
+def test_a_run_stopping_before_its_first_validation_keeps_one_current_last_checkpoint(
+    tmp_path: Path, train
+) -> None:
     # Early stopping must not demand val/loss, and Lightning's save_last must not add last-v1.ckpt.
     done = train(tmp_path / "run", "trainer.max_steps=3", "callbacks.last_checkpoint.every_n_train_steps=50")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -201,14 +189,14 @@ def test_non_finite_loss_stops_with_one_line_naming_the_step() -> None:
         callbacks=[PoisonAtStep(3), LossGuard()],
     )
     with pytest.raises(
-        UserError, match=r"non-finite training loss \(nan\) at step 4 .*lower task\.lr"
+        UserError, match=r"non-finite training loss \(nan\) at step 4 .*lower optimizer\.lr"
     ) as error:
         trainer.fit(task, datamodule=data)
     assert "\n" not in str(error.value)
 
 
 @pytest.mark.slow
-def test_same_seed_gives_identical_losses(tmp_path: Path) -> None:
+def test_same_seed_gives_identical_losses(tmp_path: Path, train) -> None:
     losses = []
     for name in ("a", "b"):
         assert (

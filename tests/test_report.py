@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 from matplotlib.image import imread
-from run_dir_fixture import ROOT, copy_run, evaluate_config, quickstart_run  # noqa: F401
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gpt_finetune.evaluate import evaluate, main
 from gpt_finetune.evaluation.report import RECORD_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -60,7 +61,9 @@ class ReportParser(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def evaluated(quickstart_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def evaluated(
+    quickstart_run: Path, tmp_path_factory: pytest.TempPathFactory, copy_run, evaluate_config
+) -> Path:
     """A copy of the quickstart run, evaluated in-process."""
     run_dir = copy_run(quickstart_run, tmp_path_factory.mktemp("evaluated") / "run")
     evaluate(evaluate_config(f"run_dir={run_dir}"))
@@ -126,8 +129,8 @@ def test_metrics_file_agrees_with_the_run(evaluated: Path) -> None:
     assert events.Scalars("eval/rouge_l_f1")[-1].value == pytest.approx(metrics["rouge_l_f1"], abs=1e-6)
 
 
-def test_missing_responses_are_regenerated_like_training_did(quickstart_run: Path, tmp_path: Path) -> None:  # noqa: F811
-    run_dir = copy_run(quickstart_run, tmp_path / "run")
+def test_missing_responses_are_regenerated_like_training_did(quickstart_copy: Path, evaluate_config) -> None:
+    run_dir = quickstart_copy
     original = json.loads((run_dir / "test_responses.json").read_text())
     (run_dir / "test_responses.json").unlink()
     evaluate(evaluate_config(f"run_dir={run_dir}", "device=cpu"))
@@ -149,10 +152,11 @@ def file_digests(folder: Path, skip: str | None = None) -> dict[str, str]:
 
 
 def test_ckpt_path_writes_into_its_own_folder_and_never_over_the_runs_files(
-    quickstart_run: Path,  # noqa: F811
+    quickstart_copy: Path,
+    evaluate_config,
     tmp_path: Path,
 ) -> None:
-    run_dir = copy_run(quickstart_run, tmp_path / "run")
+    run_dir = quickstart_copy
     evaluate(evaluate_config(f"run_dir={run_dir}"))  # the run's own report, metrics, TensorBoard figures
     before = file_digests(run_dir)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -176,8 +180,8 @@ def test_ckpt_path_writes_into_its_own_folder_and_never_over_the_runs_files(
     assert (point.step, point.value) == (step, pytest.approx(metrics["rouge_l_f1"], abs=1e-6))
 
 
-def test_cli_writes_into_the_run_dir_only(quickstart_run: Path, tmp_path: Path) -> None:  # noqa: F811
-    run_dir = copy_run(quickstart_run, tmp_path / "run")
+def test_cli_writes_into_the_run_dir_only(quickstart_copy: Path, tmp_path: Path) -> None:
+    run_dir = quickstart_copy
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
@@ -201,7 +205,11 @@ def test_cli_writes_into_the_run_dir_only(quickstart_run: Path, tmp_path: Path) 
     ids=["nothing", "missing-run-dir", "missing-ckpt", "empty-run-dir"],
 )
 def test_bad_input_is_one_error_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: tuple[str, ...], fragments: tuple[str, ...]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    evaluate_config,
+    overrides: tuple[str, ...],
+    fragments: tuple[str, ...],
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(evaluate_config(*(o.format(tmp=tmp_path) for o in overrides)))

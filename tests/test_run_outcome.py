@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -19,16 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = ("experiment=quickstart", "generate.enabled=false")
 
 
-def train(run_dir: Path, *overrides: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "train.py", *FAST, f"hydra.run.dir={run_dir}", *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((run_dir / "metrics.json").read_text())
+@pytest.fixture
+def train(run_train):
+    """`train(run_dir, *overrides)`: a quickstart `train.py` run that must succeed; its metrics.json."""
+
+    def train_run(run_dir: Path, *overrides: str) -> dict:
+        done = run_train(*FAST, f"hydra.run.dir={run_dir}", *overrides)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads((run_dir / "metrics.json").read_text())
+
+    return train_run
 
 
 def loss_on_test_split(checkpoint: Path) -> float:
@@ -42,7 +40,7 @@ def loss_on_test_split(checkpoint: Path) -> float:
 
 
 @pytest.mark.slow
-def test_test_on_last_tests_the_final_weights_not_the_best(tmp_path: Path) -> None:
+def test_test_on_last_tests_the_final_weights_not_the_best(tmp_path: Path, train) -> None:
     # monitor_mode=max makes the first validation (step 12, the highest loss) "best": best != final.
     metrics = train(
         tmp_path,
@@ -59,7 +57,9 @@ def test_test_on_last_tests_the_final_weights_not_the_best(tmp_path: Path) -> No
     assert metrics["test/loss"] == pytest.approx(final, rel=1e-6)
 
 
-def test_a_run_ending_before_its_first_validation_validates_its_final_weights_once(tmp_path: Path) -> None:
+def test_a_run_ending_before_its_first_validation_validates_its_final_weights_once(
+    tmp_path: Path, train
+) -> None:
     metrics = train(tmp_path, "trainer.max_steps=3", "callbacks=none", "logger=none")
     assert metrics["global_step"] == 3
     assert math.isfinite(metrics["best_val/loss"]) and metrics["best_val/loss"] == metrics["val/loss"]

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,15 +15,16 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "https_proxy": "http://127.0.0.1:9", "http_pro
 OFFLINE |= {"no_proxy": "", "NO_PROXY": ""}
 
 
-def run(script: str, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    """`python script overrides...` in the repo root, with any network access sent to a closed port."""
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | OFFLINE
-    command = [sys.executable, script, *overrides]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+@pytest.fixture(scope="session")
+def run(run_train):
+    """`run(script, *overrides)`: `python script overrides...`, any network access sent to a closed port."""
+    return lambda script, *overrides, timeout=600: run_train(
+        *overrides, script=script, env=OFFLINE, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory, run) -> Path:
     folder = tmp_path_factory.mktemp("spam") / "run"
     done = run("train.py", "experiment=spam-quickstart", f"hydra.run.dir={folder}")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -65,7 +63,7 @@ def test_metrics_json_holds_the_final_val_figures(run_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_predict_prints_a_label_and_probability_per_text(run_dir: Path, tmp_path: Path) -> None:
+def test_predict_prints_a_label_and_probability_per_text(run_dir: Path, tmp_path: Path, run) -> None:
     text = "WINNER! You've won a £1,000 prize: call 09061 now, it's free"
     done = run("predict.py", f"run_dir={run_dir}", f"text={text}", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -95,7 +93,7 @@ def test_predict_prints_a_label_and_probability_per_text(run_dir: Path, tmp_path
     assert not list(ROOT.glob("predict.log")) and not (ROOT / ".hydra").exists()  # predict writes nothing
 
 
-def test_bad_label_exits_2_naming_file_line_and_fix(tmp_path: Path) -> None:
+def test_bad_label_exits_2_naming_file_line_and_fix(tmp_path: Path, run) -> None:
     data = tmp_path / "bad.tsv"
     data.write_text("ham\tsee you soon\nspam\tWIN now\nspma\tclaim your prize\n")
     overrides = ["experiment=spam-quickstart", f"data.path={data}", "logger=none", "trainer.max_epochs=1"]
