@@ -7,7 +7,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import shared_file
 
 from gpt_finetune.config import bundled_path
 from gpt_finetune.data.classification import (
@@ -274,8 +273,8 @@ def test_split_is_70_10_20_seeded_and_disjoint() -> None:
         split_examples(examples, 0.9, 0.2)
 
 
-def test_book_spam_data_balanced_is_747_747_split_1045_149_300() -> None:
-    path = shared_file("SMSSpamCollection")
+def test_book_spam_data_balanced_is_747_747_split_1045_149_300(shared_data) -> None:
+    path = shared_data("SMSSpamCollection")
     examples = load_examples(str(path), LABELS)
     assert len(examples) == 5574 and sum(e.label for e in examples) == 747
     balanced = balance(examples, seed=123)
@@ -360,10 +359,10 @@ def test_bundled_sample_is_a_varied_third_spam_and_splits_cleanly() -> None:
     check_splits(split_examples(examples, 0.7, 0.1, seed=123), LABELS)
 
 
-def test_bundled_sample_is_not_copied_from_the_uci_collection() -> None:
+def test_bundled_sample_is_not_copied_from_the_uci_collection(shared_data) -> None:
     def norm(text: str) -> str:
         return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
-    uci = {norm(e.text) for e in load_examples(str(shared_file("SMSSpamCollection")), LABELS)}
+    uci = {norm(e.text) for e in load_examples(str(shared_data("SMSSpamCollection")), LABELS)}
     sample = [e.text for e in load_examples(bundled_path("sample_spam.tsv"), LABELS)]
     assert [text for text in sample if norm(text) in uci and len(norm(text).split()) > 3] == []

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import shared_file
 
 from gpt_finetune.data.download import cached_path
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule
@@ -76,8 +75,8 @@ def test_unknown_style_lists_valid_styles() -> None:
     assert "'nope'" in message and "alpaca, phi3" in message
 
 
-def test_book_data_splits_935_110_55_in_file_order() -> None:
-    path = shared_file("instruction-data.json")
+def test_book_data_splits_935_110_55_in_file_order(shared_data) -> None:
+    path = shared_data("instruction-data.json")
     raw = json.loads(path.read_text(encoding="utf-8"))
     records = load_records(path)
     assert len(records) == 1100 and records == raw
@@ -87,8 +86,8 @@ def test_book_data_splits_935_110_55_in_file_order() -> None:
     assert splits["train"] + splits["test"] + splits["val"] == records
 
 
-def test_shuffled_split_is_a_seeded_permutation() -> None:
-    records = load_records(shared_file("instruction-data.json"))
+def test_shuffled_split_is_a_seeded_permutation(shared_data) -> None:
+    records = load_records(shared_data("instruction-data.json"))
     shuffled = split_records(records, shuffle=True, seed=7)
     assert shuffled == split_records(records, shuffle=True, seed=7)
     assert shuffled != split_records(records, shuffle=True, seed=8)
