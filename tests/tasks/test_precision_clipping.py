@@ -22,7 +22,7 @@ from gpt_finetune.errors import UserError
 from gpt_finetune.tasks.classify import Classification
 from gpt_finetune.tasks.instruct import InstructionTuning
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 TINY = {"size": "tiny", "pretrained": False, "context_length": 32}
 # Far below the unclipped gradient norm of a random-init tiny model (about 4 with token-mean gradients):

@@ -26,7 +26,7 @@ from gpt_finetune.predict import (
 from gpt_finetune.tasks.classify import Classification, pool
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 TINY = {"size": "tiny", "pretrained": False, "context_length": 64}
 LABELS = ["ham", "spam"]
 BLOCK = 49984  # one tiny block: 2 LayerNorms (2 x 128), c_attn 64x192+192, c_proj 64x64+64, MLP 64x256x64

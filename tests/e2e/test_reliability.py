@@ -22,7 +22,7 @@ from gpt_finetune.data.instruct_datamodule import InstructionDataModule
 from gpt_finetune.errors import UserError
 from gpt_finetune.tasks.instruct import InstructionTuning
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUN = [
     "experiment=quickstart",
     "trainer.max_epochs=2",

@@ -14,7 +14,7 @@ import pytest
 from gpt_finetune.benchmarks import data_file, generation, matrix, training
 from gpt_finetune.benchmarks.data_file import data_path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECORDS = [{"instruction": f"Repeat {i}.", "input": "", "output": f"{i}"} for i in range(20)]
 # What each benchmark would start with once its data is read: must never run on bad --data.
 WORK = {generation: "GPT", training: "run_rows", matrix: "run_reference"}

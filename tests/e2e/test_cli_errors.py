@@ -15,7 +15,7 @@ import pytest
 from gpt_finetune.data.prompts import format_example
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = ("model=tiny", "logger=none", "callbacks=none", "trainer=cpu", "trainer.max_epochs=1")
 RECORD = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
 

@@ -23,7 +23,7 @@ from gpt_finetune.evaluation.lm_eval_adapter import GPTFinetuneLM  # noqa: E402
 from gpt_finetune.model import GPT, GPTConfig  # noqa: E402
 from gpt_finetune.tokenizer import gpt2_tokenizer  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 QUESTIONS = [
     ("What colour is the sky on a clear day?", ["blue", "green", "red"], 0),

@@ -13,7 +13,7 @@ import pytest
 from ddp_faults import end_job
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import sys
@@ -55,7 +55,7 @@ trainer(callbacks=[responses]).test(InstructionTuning(model=spec), data)
 
 def run_to_the_end(args: list[str], log: Path, timeout: float) -> None:
     """Run a Python job (its ranks in one session, so nothing outlives it) and assert it ends with code 0."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     with log.open("w") as out:
         job = subprocess.Popen(
             [sys.executable, *args],

@@ -13,7 +13,7 @@ import torch
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule
 from gpt_finetune.tasks.instruct import InstructionTuning
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = ("experiment=quickstart", "generate.enabled=false")
 
 

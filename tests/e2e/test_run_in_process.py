@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from gpt_finetune.train import run
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def test_run_trains_tests_generates_and_returns_the_monitored_value(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gpt_finetune.evaluate import evaluate, main
 from gpt_finetune.evaluation.report import RECORD_COLUMNS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -14,7 +14,7 @@ from gpt_finetune.data.collate import collate_instructions
 from gpt_finetune.tasks.instruct import InstructionTuning
 from gpt_finetune.tasks.loss import masked_lm_loss
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = {"size": "tiny", "pretrained": False, "context_length": 64}
 
 

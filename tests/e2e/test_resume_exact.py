@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUN = (
     "experiment=quickstart",
     "trainer.max_epochs=2",  # 12 batches an epoch (102 records, batches of 8)
