@@ -61,6 +61,12 @@ ALPACA_WITH_INPUT = (
         (NO_INPUT, "alpaca", f"{PREAMBLE}\n\n### Instruction:\nName a colour.\n\n### Response:\n"),
         (WITH_INPUT, "phi3", "<|user|>\nFix the spelling.\nfreind\n<|assistant|>:\n"),
         (NO_INPUT, "phi3", "<|user|>\nName a colour.\n<|assistant|>:\n"),
+        (
+            WITH_INPUT,
+            "chatml",
+            "<|im_start|>user\nFix the spelling.\nfreind<|im_end|>\n<|im_start|>assistant\n",
+        ),
+        (NO_INPUT, "chatml", "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"),
     ],
 )
 def test_golden_prompts(record: Record, style: str, prompt: str) -> None:

@@ -20,7 +20,7 @@ from gpt_finetune.data.classify_datamodule import collate_classification
 from gpt_finetune.data.collate import collate_instructions
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule, TokenizedInstructions
 from gpt_finetune.data.instructions import FIELDS, load_records, split_records
-from gpt_finetune.data.prompts import format_prompt
+from gpt_finetune.data.prompts import PROMPT_STYLES, format_prompt
 from gpt_finetune.errors import UserError
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
@@ -187,7 +187,7 @@ def test_collate_matches_the_design_rule_on_any_tokens(seqs: list[list[int]], da
 
 
 TEXT_RECORD = st.fixed_dictionaries({"instruction": UTF8, "input": UTF8, "output": UTF8})
-TEXT_RECORDS, STYLES = st.lists(TEXT_RECORD, min_size=1, max_size=4), st.sampled_from(["alpaca", "phi3"])
+TEXT_RECORDS, STYLES = st.lists(TEXT_RECORD, min_size=1, max_size=4), st.sampled_from(sorted(PROMPT_STYLES))
 
 
 @FAST

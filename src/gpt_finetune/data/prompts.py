@@ -28,7 +28,15 @@ def phi3(instruction: str, input: str) -> str:
     return text + "\n<|assistant|>:\n"
 
 
-PROMPT_STYLES: dict[str, Callable[[str, str], str]] = {"alpaca": alpaca, "phi3": phi3}
+def chatml(instruction: str, input: str) -> str:
+    """The ChatML prompt (`<|im_start|>user ... <|im_end|>`), ending where the assistant's turn begins."""
+    text = f"<|im_start|>user\n{instruction}"
+    if input:
+        text += f"\n{input}"
+    return text + "<|im_end|>\n<|im_start|>assistant\n"
+
+
+PROMPT_STYLES: dict[str, Callable[[str, str], str]] = {"alpaca": alpaca, "phi3": phi3, "chatml": chatml}
 
 
 def prompt_style(name: str) -> Callable[[str, str], str]:
