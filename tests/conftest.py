@@ -6,6 +6,7 @@ strategies) sit beside this file: `train_interrupts.py`, `ddp_faults.py`, `cpu_f
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -120,6 +122,20 @@ def evaluate_config() -> Callable[..., DictConfig]:
             return compose(config_name="evaluate", overrides=list(overrides))
 
     return compose_evaluate
+
+
+@pytest.fixture(scope="session")
+def quiet_trainer() -> Callable[..., L.Trainer]:
+    """`quiet_trainer(**kwargs)`: a CPU Lightning Trainer for in-process tests, without logger, checkpoints,
+    progress bar or model summary; `kwargs` add to or replace those settings."""
+    return functools.partial(
+        L.Trainer,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
 
 
 @pytest.fixture

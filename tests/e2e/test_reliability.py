@@ -173,19 +173,14 @@ def test_a_run_stopping_before_its_first_validation_keeps_one_current_last_check
     assert last["global_step"] == 3
 
 
-def test_non_finite_loss_stops_with_one_line_naming_the_step() -> None:
+def test_non_finite_loss_stops_with_one_line_naming_the_step(quiet_trainer) -> None:
     L.seed_everything(0)
     data = InstructionDataModule(path=bundled_path("sample_instructions.json"), batch_size=8)
     task = InstructionTuning(
         model={"size": "tiny", "pretrained": False, "context_length": 256}, optimizer={"lr": 1e-3}
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=10,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[PoisonAtStep(3), LossGuard()],
     )
     with pytest.raises(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -23,7 +22,7 @@ class RecordsLosses(InstructionTuning):
         return loss
 
 
-def trained(compile: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
+def trained(quiet_trainer, compile: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
     """The losses of 3 AdamW steps on batches of different widths, and the weights after them."""
     torch.manual_seed(0)
     task = RecordsLosses(model=SPEC, optimizer={"lr": 1e-3}, compile=compile)
@@ -31,25 +30,20 @@ def trained(compile: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     sequences = [torch.randint(0, 50000, (n,), generator=g).tolist() for n in (5, 9, 14, 20, 11, 30)]
     loader = DataLoader(sequences, batch_size=2, collate_fn=collate_instructions)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(task, train_dataloaders=loader)
     return task.losses, {name: p.detach().clone() for name, p in task.named_parameters()}
 
 
 @pytest.mark.slow
-def test_compiled_training_matches_eager_training() -> None:
+def test_compiled_training_matches_eager_training(quiet_trainer) -> None:
     torch._dynamo.reset()
     counters.clear()
-    compiled_losses, compiled = trained(compile=True)
+    compiled_losses, compiled = trained(quiet_trainer, compile=True)
     assert counters["stats"]["unique_graphs"] > 0  # dynamo really compiled the step
-    eager_losses, eager = trained(compile=False)
+    eager_losses, eager = trained(quiet_trainer, compile=False)
 
     assert len(eager_losses) == 3
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -31,26 +30,21 @@ def sequences() -> list[list[int]]:
     return [torch.randint(0, 50000, (n,), generator=g).tolist() for n in (3, 30, 7, 12, 25, 4, 9, 18)]
 
 
-def applied_gradients(batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
+def applied_gradients(quiet_trainer, batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     task = CapturesGradients(model=SPEC)
     loader = DataLoader(sequences(), batch_size=batch_size, collate_fn=collate_instructions)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=1,
         accumulate_grad_batches=accumulate,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(task, train_dataloaders=loader)
     return task.applied
 
 
-def test_accumulation_gives_the_gradients_of_the_whole_batch_token_mean() -> None:
-    whole = applied_gradients(batch_size=8, accumulate=1)
-    accumulated = applied_gradients(batch_size=2, accumulate=4)
+def test_accumulation_gives_the_gradients_of_the_whole_batch_token_mean(quiet_trainer) -> None:
+    whole = applied_gradients(quiet_trainer, batch_size=8, accumulate=1)
+    accumulated = applied_gradients(quiet_trainer, batch_size=2, accumulate=4)
 
     torch.manual_seed(0)
     reference = InstructionTuning(model=SPEC)

@@ -40,7 +40,9 @@ def write_copy_task(path: Path, n_records: int, seed: int) -> Path:
     return path
 
 
-def train_and_answer(tmp_path: Path, seed: int) -> tuple[InstructionDataModule, list[dict[str, object]]]:
+def train_and_answer(
+    quiet_trainer, tmp_path: Path, seed: int
+) -> tuple[InstructionDataModule, list[dict[str, object]]]:
     """Train through the real data module, task and Trainer; answer the test split greedily."""
     L.seed_everything(seed, workers=True)
     data = InstructionDataModule(
@@ -66,27 +68,22 @@ def train_and_answer(tmp_path: Path, seed: int) -> tuple[InstructionDataModule, 
             "fused_adamw": True,  # about half the optimizer time on CPU
         },
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=1,
         max_epochs=11,  # 308 steps; test exact match passes 90 % at about 170-220 of them
         gradient_clip_val=1.0,  # unclipped, 1 seed of 8 stayed on the plateau; clipped, 0 of 10
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(task, datamodule=data)
     return data, generate_responses(task.model, data.splits["test"], STYLE, max_new_tokens=8)
 
 
 @pytest.mark.slow
-def test_tiny_model_learns_to_repeat_words_and_stop(tmp_path: Path) -> None:
+def test_tiny_model_learns_to_repeat_words_and_stop(tmp_path: Path, quiet_trainer) -> None:
     tokenizer = gpt2_tokenizer()
     assert all(len(tokenizer.encode(w)) == len(tokenizer.encode(" " + w)) == 1 for w in WORDS)
 
-    data, responses = train_and_answer(tmp_path, SEED)
+    data, responses = train_and_answer(quiet_trainer, tmp_path, SEED)
 
     assert len(responses) == 120
     assert not {r["input"] for r in data.splits["train"]} & {r["input"] for r in responses}
