@@ -39,7 +39,7 @@ def main(cfg: DictConfig) -> float | None:
         raise SystemExit(143) from None
 
 
-def run(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float:
     """Train and test one configuration; returns the monitored metric (for sweepers)."""
     started = time.perf_counter()
     quiet_lightning()
@@ -72,17 +72,12 @@ def run(cfg: DictConfig) -> float | None:
 
     # Testing restores the tested weights; callbacks write the task's test artifacts (responses, predictions).
     test_on = cfg.get("test_on", "best")
+    last = next((str(c.path) for c in callbacks if isinstance(c, LastCheckpoint) and c.path.is_file()), None)
     tested = best if test_on == "best" else None  # None: the final weights, still in memory
-    last = next((c.path for c in callbacks if isinstance(c, LastCheckpoint) and c.path.is_file()), None)
     steps, epochs = trainer.global_step, trainer.current_epoch
     tester = trainer
     if isinstance(trainer.strategy, FSDPStrategy):
-        # Lightning does not wrap a task that FSDP has wrapped again: a fresh task and Trainer test.
-        tested = tested or (str(last) if last is not None else None)
-        if tested is None:
-            raise UserError("testing under FSDP reads a checkpoint; keep callbacks.end_checkpoint")
-        task = instantiate(cfg.task, _convert_="all")
-        tester = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        tester, task, tested = fsdp_tester(cfg, callbacks, loggers, tested or last)
     tester.test(task, datamodule=datamodule, ckpt_path=tested, weights_only=True)
     test_metrics = {k: v.tolist() for k, v in tester.callback_metrics.items() if k.startswith("test/")}
     metrics: dict[str, Any] = {
@@ -91,7 +86,7 @@ def run(cfg: DictConfig) -> float | None:
         **test_metrics,
         "best_checkpoint": best,
         "test_on": test_on,
-        "tested_checkpoint": tested or (str(last) if last is not None else None),
+        "tested_checkpoint": tested or last,
         "global_step": steps,
         "epochs": epochs,
         "records": {name: len(part) for name, part in datamodule.splits.items()},
@@ -102,6 +97,16 @@ def run(cfg: DictConfig) -> float | None:
         write_json(out / "metrics.json", metrics)
         log.info("wrote %s", out / "metrics.json")
     return best_score
+
+
+def fsdp_tester(
+    cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Any], checkpoint: str | None
+) -> tuple[L.Trainer, L.LightningModule, str]:
+    """A fresh Trainer and task to test `checkpoint` (FSDP does not wrap a task it has wrapped already)."""
+    if checkpoint is None:
+        raise UserError("testing under FSDP reads a checkpoint; keep callbacks.end_checkpoint")
+    tester = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return tester, instantiate(cfg.task, _convert_="all"), checkpoint
 
 
 def validate_if_never_validated(
