@@ -94,6 +94,22 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def classify_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished short spam-quickstart classification run (last_token pooling), trained once per session."""
+    run_dir = tmp_path_factory.mktemp("classify") / "run"
+    done = train(
+        "experiment=spam-quickstart",
+        "trainer.max_epochs=1",
+        "task.pooling=last_token",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
 def copy_of_run(run_dir: Path, destination: Path) -> Path:
     """A copy of a run dir whose checkpoints/ links to the original's (checkpoints are only read)."""
     shutil.copytree(run_dir, destination, ignore=shutil.ignore_patterns("checkpoints"))

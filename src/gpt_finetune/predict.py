@@ -6,14 +6,13 @@ import logging
 import re
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 
 from gpt_finetune.config import register_resolvers
 from gpt_finetune.devices import resolve_device
 from gpt_finetune.errors import UserError, run_command
 from gpt_finetune.evaluation.run_dir import find_checkpoint
-from gpt_finetune.tasks.classify import Classification
+from gpt_finetune.serving.loading import load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +33,6 @@ def classifier_checkpoint(run_dir: str | None, checkpoint: str | None = None) ->
             "or checkpoint=PATH"
         )
     return found
-
-
-def load_classifier(path: Path, device: str | torch.device = "cpu") -> Classification:
-    """The classifier in `path`, built from its saved spec with no weight download (weights_only load)."""
-    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    hparams = saved.get("hyper_parameters", {})
-    if "labels" not in hparams or "model" not in hparams:
-        raise UserError(f"{path}: not a classification checkpoint (no labels); train with task=classify")
-    spec = {**hparams["model"], "pretrained": False, "weights": None}
-    task = Classification.load_from_checkpoint(path, map_location=device, weights_only=True, model=spec)
-    return task.eval()
 
 
 def read_texts(text: str | None, file: str | None) -> list[str]:

@@ -19,10 +19,10 @@ from gpt_finetune.errors import UserError
 from gpt_finetune.predict import (
     classifier_checkpoint,
     literal_text_argv,
-    load_classifier,
     predict,
     read_texts,
 )
+from gpt_finetune.serving.loading import load_classifier
 from gpt_finetune.tasks.classify import Classification, pool
 from gpt_finetune.tokenizer import gpt2_tokenizer
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gpt_finetune.evaluation.run_dir import load_finetuned
-from gpt_finetune.predict import load_classifier
+from gpt_finetune.serving.loading import load_classifier
 from gpt_finetune.tasks.base import FinetuneTask
 from gpt_finetune.tasks.classify import Classification
 from gpt_finetune.tasks.instruct import InstructionTuning

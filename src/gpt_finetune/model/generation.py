@@ -7,7 +7,7 @@ outgrows the context window the last `context_length` tokens are re-encoded each
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,6 +17,9 @@ from gpt_finetune.tokenizer import END_OF_TEXT
 
 if TYPE_CHECKING:
     from gpt_finetune.model.gpt import GPT
+
+# Streaming: called with {prompt index: new token} each step; returns the prompt indices to stop.
+OnToken = Callable[[dict[int, int]], Iterable[int] | None]
 
 
 def generate(
@@ -31,13 +34,16 @@ def generate(
     batch_size: int | None = None,
     use_cache: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    on_token: OnToken | None = None,
 ) -> list[list[int]]:
     """New tokens for each prompt (ending with `eos_id` where the row stopped on it), in prompt order.
 
     `temperature=0` is greedy; otherwise logits are divided by it and sampled, from the `top_k` most
     likely tokens when given. `batch_size` bounds how many prompts decode together (similar lengths
     are grouped to save padding); `seed` makes sampling reproducible. `on_batch(n)` is called after each
-    batch with the number of prompts it finished (a progress bar).
+    batch with the number of prompts it finished (a progress bar). `on_token({prompt index: token})` is
+    called after each decoding step with the new token of every row still running (streaming); the
+    indices it returns stop those rows there (a stop string was seen, a client went away).
     """
     rows = [list(map(int, p)) for p in (prompts.tolist() if isinstance(prompts, torch.Tensor) else prompts)]
     if any(len(r) == 0 for r in rows):
@@ -63,6 +69,7 @@ def generate(
                 eos_id,
                 generator,
                 use_cache,
+                None if on_token is None else _reindexed(on_token, index),
             )
             for i, tokens in zip(index, new, strict=True):
                 outputs[i] = tokens
@@ -83,6 +90,7 @@ def _generate_batch(
     eos_id: int | None,
     generator: torch.Generator | None,
     use_cache: bool,
+    on_token: OnToken | None = None,
 ) -> list[list[int]]:
     context = model.config.context_length
     device = next(model.parameters()).device
@@ -110,6 +118,7 @@ def _generate_batch(
             dtype=dtype,
         )
     finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    cut: dict[int, int] = {}  # rows stopped by `on_token`: how many new tokens they keep
     generated: list[torch.Tensor] = []
     for step in range(max_new_tokens):
         if cache is not None and step > 0 and cache.length < capacity:
@@ -132,13 +141,31 @@ def _generate_batch(
         if eos_id is not None:
             next_token = torch.where(finished, torch.full_like(next_token, eos_id), next_token)
         generated.append(next_token)
+        if on_token is not None:
+            picked = next_token.tolist()
+            running = (~finished).nonzero().flatten().tolist()
+            for i in on_token({i: picked[i] for i in running}) or ():
+                cut.setdefault(i, step + 1)  # a stopped row ends after this token
+                finished[i] = True
         if eos_id is not None:
             finished |= next_token == eos_id
-            if bool(finished.all()):
-                break
+        if (eos_id is not None or cut) and bool(finished.all()):
+            break
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
-    return _trim(torch.stack(generated, dim=1).tolist() if generated else [[] for _ in rows], eos_id)
+    new = _trim(torch.stack(generated, dim=1).tolist() if generated else [[] for _ in rows], eos_id)
+    return [row[: cut[i]] if i in cut else row for i, row in enumerate(new)]
+
+
+def _reindexed(on_token: OnToken, index: list[int]) -> OnToken:
+    """`on_token` seen from one batch: batch rows become prompt indices, and back."""
+    row_of = {prompt: row for row, prompt in enumerate(index)}
+
+    def batch_on_token(new: dict[int, int]) -> Iterable[int]:
+        stopped = on_token({index[r]: t for r, t in new.items()}) or ()
+        return [row_of[p] for p in stopped if p in row_of]
+
+    return batch_on_token
 
 
 def _padded_causal_mask(valid: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""What chat.py and serve.py share: loading a run or base model, rendering conversations, streaming."""

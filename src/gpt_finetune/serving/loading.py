@@ -1,0 +1,169 @@
+"""The model a command uses: a run's tested checkpoint, a given checkpoint, or a base GPT-2.
+
+`chat.py`, `serve.py` and `export.py` all take `run_dir=RUN`, `ckpt_path=FILE.ckpt`, or a base model
+(`model=gpt2-medium`, `model.weights=DIR`). A checkpoint brings its task (instruction or classification),
+prompt style, labels and pooling; a base model is an instruction model in `prompt_style` (default alpaca).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from gpt_finetune.data.prompts import prompt_style as check_style
+from gpt_finetune.devices import resolve_device
+from gpt_finetune.errors import UserError
+from gpt_finetune.evaluation.run_dir import find_checkpoint, load_finetuned, run_config
+from gpt_finetune.model import GPT
+from gpt_finetune.model.build import build_gpt
+from gpt_finetune.tasks.classify import Classification
+
+Kind = Literal["instruct", "classify"]
+
+
+@dataclass
+class UsableModel:
+    """A model ready to answer: its task kind and what it was trained with, and where it came from.
+
+    `gpt` is the backbone (for classification, with the class head as `lm_head`); `classifier` wraps it
+    with pooling and input format. `name` is the model id clients see (the run folder's name, or the size).
+    """
+
+    kind: Kind
+    gpt: GPT
+    prompt_style: str
+    name: str
+    source: str
+    classifier: Classification | None = None
+    labels: list[str] = field(default_factory=list)
+    run_dir: Path | None = None
+    checkpoint: Path | None = None
+    spec: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.gpt.parameters()).device
+
+
+def checkpoint_kind(hparams: dict[str, Any], path: Path) -> Kind:
+    """Which task wrote a checkpoint, from its saved hyperparameters; a one-line error otherwise."""
+    if "labels" in hparams and "model" in hparams:
+        return "classify"
+    if "prompt_style" in hparams and "model" in hparams:
+        return "instruct"
+    raise UserError(f"{path}: not a train.py checkpoint (no model spec, prompt style or labels)")
+
+
+def load_checkpoint(
+    path: Path, device: torch.device, run_dir: Path | None, style: str | None = None
+) -> UsableModel:
+    """The model in a train.py checkpoint, built from its saved spec with no download."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # truncated, not a checkpoint, or not weights-only: one line, no trace
+        raise UserError(
+            f"{path}: cannot read the checkpoint ({type(error).__name__}); pass a .ckpt written by train.py"
+        ) from None
+    hparams = dict(saved.get("hyper_parameters", {}))
+    kind = checkpoint_kind(hparams, path)
+    folder = run_dir if run_dir is not None else _run_dir_of(path)
+    common: dict[str, Any] = {
+        "name": folder.name if folder is not None else path.stem,
+        "source": str(path),
+        "run_dir": folder,
+        "checkpoint": path,
+        "spec": dict(hparams["model"]),
+        "data": dict(saved.get("datamodule_hyper_parameters", {})),
+        "metrics": _metrics(folder),
+        "config": run_config(folder) if folder is not None else {},
+    }
+    if kind == "classify":
+        classifier = load_classifier(path, device)
+        return UsableModel(
+            "classify",
+            classifier.model,
+            style or "alpaca",
+            classifier=classifier,
+            labels=list(classifier.labels),
+            **common,
+        )
+    finetuned = load_finetuned(path, device)
+    return UsableModel("instruct", finetuned.model, style or finetuned.prompt_style, **common)
+
+
+def load_classifier(path: Path, device: str | torch.device = "cpu") -> Classification:
+    """The classifier in `path`, built from its saved spec with no weight download (weights_only load)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    hparams = saved.get("hyper_parameters", {})
+    if "labels" not in hparams or "model" not in hparams:
+        raise UserError(f"{path}: not a classification checkpoint (no labels); train with task=classify")
+    spec = {**hparams["model"], "pretrained": False, "weights": None}
+    task = Classification.load_from_checkpoint(path, map_location=device, weights_only=True, model=spec)
+    return task.eval()
+
+
+def load_model(
+    run_dir: str | None = None,
+    ckpt_path: str | None = None,
+    model: dict[str, Any] | None = None,
+    prompt_style: str | None = None,
+    device: str | torch.device = "auto",
+) -> UsableModel:
+    """The model `run_dir` / `ckpt_path` / the base `model` spec names, on `device`, in eval mode.
+
+    `prompt_style` (when given) overrides the checkpoint's; a base model uses it, or alpaca.
+    """
+    if prompt_style is not None:
+        check_style(prompt_style)
+    target = resolve_device(device)
+    if ckpt_path is not None:
+        path = Path(ckpt_path).expanduser()
+        if not path.is_file():
+            raise UserError(
+                f"ckpt_path={ckpt_path}: no such checkpoint file; pass a .ckpt written by train.py"
+            )
+        folder = Path(run_dir).expanduser().resolve() if run_dir is not None else None
+        return load_checkpoint(path, target, folder, prompt_style)
+    if run_dir is not None:
+        folder = Path(run_dir).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"run_dir={run_dir}: no such directory; give the output folder of a train.py run")
+        found = find_checkpoint(folder)
+        if found is None:
+            raise UserError(
+                f"run_dir={run_dir}: no checkpoints/*.ckpt; give the output folder of a train.py run"
+            )
+        return load_checkpoint(found, target, folder.resolve(), prompt_style)
+    if model is None:
+        raise UserError("give run_dir=RUN, ckpt_path=FILE.ckpt, or a base model (model=gpt2-medium)")
+    gpt = build_gpt(**model).to(target).eval()
+    name = Path(model["weights"]).name if model.get("weights") else str(model.get("size", "gpt2"))
+    return UsableModel(
+        "instruct",
+        gpt,
+        prompt_style or "alpaca",
+        name=name,
+        source=str(model.get("weights") or name),
+        spec=dict(model),
+    )
+
+
+def _run_dir_of(checkpoint: Path) -> Path | None:
+    """The run folder a checkpoint sits in (`RUN/checkpoints/x.ckpt` -> RUN), if it looks like one."""
+    parent = checkpoint.resolve().parent
+    folder = parent.parent if parent.name == "checkpoints" else parent
+    return folder if (folder / "config.yaml").is_file() or (folder / "metrics.json").is_file() else None
+
+
+def _metrics(run_dir: Path | None) -> dict[str, Any]:
+    path = run_dir / "metrics.json" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text(encoding="utf-8")))
