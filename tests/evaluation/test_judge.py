@@ -50,6 +50,10 @@ def reply_for(marker: str, messages: list[dict[str, str]], seen: int) -> tuple[i
         return 500, None
     if marker == "FLAKY":  # one 500, then a score
         return (500, None) if seen == 0 else (200, "90")
+    if marker == "BUSY":  # one 429 (rate limited), then a score
+        return (429, None) if seen == 0 else (200, "60")
+    if marker == "MOVED":  # answered with a redirect, which the client must not follow
+        return 307, None
     if marker == "SLOW":
         time.sleep(SLOW_S)
         return 200, "50"
@@ -70,6 +74,8 @@ def make_handler(served: Served) -> type[BaseHTTPRequestHandler]:
                 return self.answer(404, json.dumps({"error": "model 'missing' not found, try pulling it"}))
             status, text = reply_for(marker, body["messages"], seen)
             message = {"role": "assistant", "content": text}
+            if status == 307:
+                return self.answer(status, "", location="http://elsewhere.invalid/v1/chat/completions")
             if self.path == "/api/chat":
                 self.answer(status, json.dumps({"model": body["model"], "message": message, "done": True}))
             elif self.path == "/v1/chat/completions":
@@ -77,10 +83,12 @@ def make_handler(served: Served) -> type[BaseHTTPRequestHandler]:
             else:
                 self.answer(404, "no such path")
 
-        def answer(self, status: int, text: str) -> None:
+        def answer(self, status: int, text: str, location: str | None = None) -> None:
             data = text.encode()
             try:
                 self.send_response(status)
+                if location is not None:
+                    self.send_header("Location", location)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -213,6 +221,27 @@ def test_rejected_request_is_a_user_error(server: tuple[str, Served]) -> None:
     with pytest.raises(UserError, match=r"HTTP 404 .*model 'missing' not found"):
         judge.judge([record("SCORE=1")], "alpaca")
     assert sum(served.counts.values()) == 1  # a 4xx is not repeated
+
+
+@pytest.mark.parametrize("protocol", ["ollama", "openai"])
+def test_rate_limit_is_retried_redirect_rejected_and_loopback_never_proxied(
+    server: tuple[str, Served], protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base_url, served = server
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):  # a proxy that is not there
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    result = fast_judge(protocol, base_url).judge([record("BUSY")], "alpaca")
+    assert [e["score"] for e in result["records"]] == [60] and served.counts["BUSY"] == 2
+    with pytest.raises(UserError, match=r"HTTP 307 .*redirected to http://elsewhere.invalid/"):
+        fast_judge(protocol, base_url).judge([record("MOVED")], "alpaca")
+    assert served.counts["MOVED"] == 1  # a redirect is neither followed nor repeated
+
+
+def test_base_url_must_be_http() -> None:
+    with pytest.raises(UserError, match=r"judge.base_url=localhost:11434 is not an http"):
+        Judge("ollama", "localhost:11434", "llama3")
 
 
 def synthetic_run(folder: Path) -> Path:

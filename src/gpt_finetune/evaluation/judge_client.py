@@ -1,7 +1,9 @@
 """A minimal chat client for ollama's `/api/chat` and OpenAI-compatible `/v1/chat/completions` servers.
 
-Standard library only (urllib). The API key is read from an environment variable at request time and sent
-only in the `Authorization` header; it is never stored on the client, logged or written to a file.
+Requests go through one `httpx.Client` (pooled connections, shared by threads); a loopback server is never
+reached through an HTTP proxy, and redirects are not followed. The API key is read from an environment
+variable at request time and sent only in the `Authorization` header; it is never stored on the client,
+logged or written to a file.
 """
 
 from __future__ import annotations
@@ -9,11 +11,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import socket
-import urllib.error
-import urllib.request
 from typing import Any, Literal
 from urllib.parse import urlsplit
+
+import httpx
 
 from gpt_finetune.errors import UserError
 
@@ -57,7 +58,7 @@ def endpoint(protocol: Protocol, base_url: str) -> str:
 
 
 class ChatClient:
-    """One chat request at a time (thread-safe: no shared mutable state); see `chat`."""
+    """Chat requests to one server (thread-safe: the threads share one connection pool); see `chat`."""
 
     def __init__(
         self,
@@ -77,8 +78,15 @@ class ChatClient:
         self.protocol, self.model, self.url = protocol, model, endpoint(protocol, base_url)
         self.temperature, self.seed, self.timeout_s = temperature, seed, timeout_s
         self.max_tokens, self.num_ctx, self.api_key_env = max_tokens, num_ctx, api_key_env
-        handlers = [urllib.request.ProxyHandler({})] if is_loopback(self.url) else []
-        self._opener = urllib.request.build_opener(*handlers)
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UserError(f"judge.base_url={base_url} is not an http:// or https:// URL")
+        # Proxy settings come from the environment (HTTP(S)_PROXY, NO_PROXY), except for loopback.
+        self._http = httpx.Client(timeout=timeout_s, trust_env=not is_loopback(self.url))
+
+    def close(self) -> None:
+        """Close the pooled connections (the client cannot send afterwards)."""
+        self._http.close()
 
     def payload(self, messages: list[Message]) -> dict[str, Any]:
         """The JSON body of a non-streaming chat request."""
@@ -104,26 +112,24 @@ class ChatClient:
 
     def chat(self, messages: list[Message]) -> str:
         """The assistant's reply text; raises TransientError, Unreachable or RequestRejected."""
-        data = json.dumps(self.payload(messages)).encode()
-        request = urllib.request.Request(self.url, data=data, headers=self.headers(), method="POST")
         try:
-            with self._opener.open(request, timeout=self.timeout_s) as response:
-                body = response.read()
-        except urllib.error.HTTPError as error:
-            detail = error.read()[:300].decode("utf-8", "replace").strip()
-            message = f"HTTP {error.code} from {self.url}" + (f": {detail}" if detail else "")
-            if error.code == 429 or error.code >= 500:
-                raise TransientError(message) from None
-            raise RequestRejected(message) from None
-        except TimeoutError as error:
-            raise TransientError(f"no reply from {self.url} within {self.timeout_s:g} s") from error
-        except urllib.error.URLError as error:
-            if isinstance(error.reason, (TimeoutError, socket.timeout)):
-                raise TransientError(f"no reply from {self.url} within {self.timeout_s:g} s") from None
-            raise Unreachable(f"cannot reach {self.url} ({error.reason})") from None
-        except (ConnectionError, OSError) as error:  # e.g. the server closed the connection mid-reply
+            response = self._http.post(self.url, json=self.payload(messages), headers=self.headers())
+        except httpx.TimeoutException:
+            raise TransientError(f"no reply from {self.url} within {self.timeout_s:g} s") from None
+        except (httpx.ConnectError, httpx.ProxyError) as error:
+            raise Unreachable(f"cannot reach {self.url} ({error})") from None
+        except httpx.TransportError as error:  # e.g. the server closed the connection mid-reply
             raise TransientError(f"connection to {self.url} failed ({error})") from None
-        return self.reply_text(body)
+        status = response.status_code
+        if status >= 300:  # redirects are not followed: the POST body and key go only to judge.base_url
+            detail = response.content[:300].decode("utf-8", "replace").strip()
+            if response.has_redirect_location:
+                detail = f"redirected to {response.headers['Location']}; set judge.base_url to it"
+            message = f"HTTP {status} from {self.url}" + (f": {detail}" if detail else "")
+            if status == 429 or status >= 500:
+                raise TransientError(message)
+            raise RequestRejected(message)
+        return self.reply_text(response.content)
 
     def reply_text(self, body: bytes) -> str:
         """The message content in a chat reply body; TransientError when it is not the expected JSON."""
