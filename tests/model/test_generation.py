@@ -93,3 +93,28 @@ def test_generation_keeps_training_mode_and_rejects_empty_prompts(tiny_model: GP
     assert tiny_model.training
     with pytest.raises(ValueError, match="at least one token"):
         tiny_model.generate([[1], []], max_new_tokens=2)
+
+
+def test_per_row_settings_match_each_prompt_alone(tiny_model: GPT) -> None:
+    prompts = random_prompts(4, seed=5)
+    limits, temperatures, top_ks, seeds = (
+        [3, 9, 0, 6],
+        [0.0, 1.3, 0.0, 0.8],
+        [None, 20, None, None],
+        [None, 11, None, 12],
+    )
+    batched = tiny_model.generate(
+        prompts, max_new_tokens=limits, temperature=temperatures, top_k=top_ks, seed=seeds, eos_id=None
+    )
+    alone = [
+        tiny_model.generate([p], max_new_tokens=n, temperature=t, top_k=k, seed=s, eos_id=None)[0]
+        for p, n, t, k, s in zip(prompts, limits, temperatures, top_ks, seeds, strict=True)
+    ]
+    assert batched == alone
+    assert [len(row) for row in batched] == limits
+    assert batched[0] == book_generate(tiny_model, prompts[0], 3, None)
+
+
+def test_per_row_values_must_match_the_prompts(tiny_model: GPT) -> None:
+    with pytest.raises(ValueError, match="temperature has 1 values for 2 prompts"):
+        tiny_model.generate([[1], [2]], max_new_tokens=2, temperature=[0.5])

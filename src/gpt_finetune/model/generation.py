@@ -3,12 +3,14 @@
 Prompts of different lengths are left-padded; each row gets its own positions (0 at its first real
 token) and attends only to its own real tokens, so a row decodes exactly as it would alone. When a row
 outgrows the context window the last `context_length` tokens are re-encoded each step, as the book does.
+The sampling settings and the token limit may differ per row (a server batches unrelated requests).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
@@ -20,17 +22,32 @@ if TYPE_CHECKING:
 
 # Streaming: called with {prompt index: new token} each step; returns the prompt indices to stop.
 OnToken = Callable[[dict[int, int]], Iterable[int] | None]
+T = TypeVar("T")
+
+
+@dataclass
+class RowSettings:
+    """One batch's per-row settings; rows that share a generator are sampled from it in one draw."""
+
+    limits: list[int]  # max new tokens
+    temperatures: list[float]
+    top_ks: list[int | None]
+    generators: list[torch.Generator | None]
+
+    def take(self, index: list[int]) -> RowSettings:
+        """The settings of rows `index`, in that order."""
+        return RowSettings(*([values[i] for i in index] for values in vars(self).values()))
 
 
 def generate(
     model: GPT,
     prompts: Sequence[Sequence[int]] | torch.Tensor,
     *,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    top_k: int | None = None,
+    max_new_tokens: int | Sequence[int] = 256,
+    temperature: float | Sequence[float] = 0.0,
+    top_k: int | Sequence[int | None] | None = None,
     eos_id: int | None = END_OF_TEXT,
-    seed: int | None = None,
+    seed: int | Sequence[int | None] | None = None,
     batch_size: int | None = None,
     use_cache: bool = True,
     on_batch: Callable[[int], None] | None = None,
@@ -44,14 +61,22 @@ def generate(
     batch with the number of prompts it finished (a progress bar). `on_token({prompt index: token})` is
     called after each decoding step with the new token of every row still running (streaming); the
     indices it returns stop those rows there (a stop string was seen, a client went away).
+
+    `max_new_tokens`, `temperature`, `top_k` and `seed` may also be given per prompt (a sequence): a
+    per-prompt seed samples that row from its own generator, so its tokens do not depend on its batch.
     """
     rows = [list(map(int, p)) for p in (prompts.tolist() if isinstance(prompts, torch.Tensor) else prompts)]
     if any(len(r) == 0 for r in rows):
         raise ValueError("every prompt needs at least one token")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    settings = RowSettings(
+        _per_row(max_new_tokens, len(rows), "max_new_tokens"),
+        _per_row(temperature, len(rows), "temperature"),
+        _per_row(top_k, len(rows), "top_k"),
+        _generators(seed, len(rows), device),
+    )
+    if any(limit < 0 for limit in settings.limits):
+        raise ValueError(f"max_new_tokens must be >= 0, got {min(settings.limits)}")
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     chunk = batch_size or len(rows) or 1
     outputs: list[list[int]] = [[] for _ in rows]
@@ -63,11 +88,8 @@ def generate(
             new = _generate_batch(
                 model,
                 [rows[i] for i in index],
-                max_new_tokens,
-                temperature,
-                top_k,
+                settings.take(index),
                 eos_id,
-                generator,
                 use_cache,
                 None if on_token is None else _reindexed(on_token, index),
             )
@@ -84,15 +106,13 @@ def generate(
 def _generate_batch(
     model: GPT,
     rows: list[list[int]],
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
+    settings: RowSettings,
     eos_id: int | None,
-    generator: torch.Generator | None,
     use_cache: bool,
     on_token: OnToken | None = None,
 ) -> list[list[int]]:
     context = model.config.context_length
+    max_new_tokens = max(settings.limits)
     device = next(model.parameters()).device
     rows = [r[-context:] for r in rows]
     width = max(len(r) for r in rows)
@@ -117,8 +137,10 @@ def _generate_batch(
             device=device,
             dtype=dtype,
         )
-    finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
-    cut: dict[int, int] = {}  # rows stopped by `on_token`: how many new tokens they keep
+    sampler = Sampler(settings, device)
+    cut: dict[int, int] = {i: 0 for i, limit in enumerate(settings.limits) if limit == 0}
+    # rows stopped by `on_token` or their token limit: how many new tokens they keep
+    finished = torch.tensor([i in cut for i in range(len(rows))], dtype=torch.bool, device=device)
     generated: list[torch.Tensor] = []
     for step in range(max_new_tokens):
         if cache is not None and step > 0 and cache.length < capacity:
@@ -137,7 +159,7 @@ def _generate_batch(
                 cache=cache if step == 0 else None,
             )
         logits = model.lm_head(hidden[:, -1]).float()  # (B, V)
-        next_token = _pick(logits, temperature, top_k, generator)
+        next_token = sampler.pick(logits)
         if eos_id is not None:
             next_token = torch.where(finished, torch.full_like(next_token, eos_id), next_token)
         generated.append(next_token)
@@ -146,6 +168,10 @@ def _generate_batch(
             running = (~finished).nonzero().flatten().tolist()
             for i in on_token({i: picked[i] for i in running}) or ():
                 cut.setdefault(i, step + 1)  # a stopped row ends after this token
+                finished[i] = True
+        for i, limit in enumerate(settings.limits):
+            if limit == step + 1:
+                cut.setdefault(i, limit)
                 finished[i] = True
         if eos_id is not None:
             finished |= next_token == eos_id
@@ -176,17 +202,60 @@ def _padded_causal_mask(valid: torch.Tensor) -> torch.Tensor:
     return ((causal & valid[:, None, :]) | eye)[:, None]
 
 
-def _pick(
-    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Next token per row: argmax when temperature is 0, else a sample from the (top-k) softmax."""
-    if temperature <= 0.0:
-        return logits.argmax(dim=-1)
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+class Sampler:
+    """Picks each row's next token with its own temperature, top-k and generator."""
+
+    def __init__(self, settings: RowSettings, device: torch.device) -> None:
+        self.temperatures = torch.tensor(settings.temperatures, dtype=torch.float, device=device)
+        self.sampled = [t > 0.0 for t in settings.temperatures]
+        ks = [k for k in settings.top_ks if k is not None]
+        self.top_ks = (
+            torch.tensor([2**62 if k is None else k for k in settings.top_ks], device=device) if ks else None
+        )
+        groups: dict[int, tuple[torch.Generator | None, list[int]]] = {}
+        for row, generator in enumerate(settings.generators):
+            groups.setdefault(id(generator), (generator, []))[1].append(row)
+        self.groups = list(groups.values())
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """Next token per row of (B, V) `logits`: argmax at temperature 0, else a (top-k) softmax sample."""
+        picked = logits.argmax(dim=-1)
+        if not any(self.sampled):
+            return picked
+        if self.top_ks is not None:
+            ks = self.top_ks.clamp(max=logits.shape[-1])
+            top = torch.topk(logits, int(ks.max()), dim=-1).values  # (B, k_max), descending
+            logits = logits.masked_fill(logits < top.gather(1, ks[:, None] - 1), float("-inf"))
+        temperatures = torch.where(self.temperatures > 0, self.temperatures, 1.0)
+        probs = torch.softmax(logits / temperatures[:, None], dim=-1)
+        for generator, group in self.groups:
+            rows = [r for r in group if self.sampled[r]]
+            if rows:
+                drawn = torch.multinomial(probs[rows], num_samples=1, generator=generator)
+                picked[rows] = drawn.squeeze(1)
+        return picked
+
+
+def _per_row(value: T | Sequence[T], n: int, name: str) -> list[T]:
+    """`value` for each of `n` rows: a scalar repeated, or a sequence of exactly `n`."""
+    if isinstance(value, Sequence):
+        if len(value) != n:
+            raise ValueError(f"{name} has {len(value)} values for {n} prompts")
+        return list(value)
+    return [value] * n
+
+
+def _generators(
+    seed: int | Sequence[int | None] | None, n: int, device: torch.device
+) -> list[torch.Generator | None]:
+    """One generator shared by every row (a scalar seed), one per seeded row, or None (torch's RNG)."""
+    if seed is None or isinstance(seed, int):
+        shared = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        return [shared] * n
+    return [
+        None if s is None else torch.Generator(device=device).manual_seed(s)
+        for s in _per_row(seed, n, "seed")
+    ]
 
 
 def _trim(rows: list[list[int]], eos_id: int | None) -> list[list[int]]:
