@@ -252,10 +252,8 @@ def _generators(
     if seed is None or isinstance(seed, int):
         shared = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         return [shared] * n
-    return [
-        None if s is None else torch.Generator(device=device).manual_seed(s)
-        for s in _per_row(seed, n, "seed")
-    ]
+    seeds: list[int | None] = _per_row(seed, n, "seed")
+    return [None if s is None else torch.Generator(device=device).manual_seed(s) for s in seeds]
 
 
 def _trim(rows: list[list[int]], eos_id: int | None) -> list[list[int]]:
