@@ -1,0 +1,105 @@
+"""`python serve.py run_dir=RUN`: an OpenAI-compatible HTTP server and a web page for a trained run."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+from omegaconf import DictConfig
+
+from gpt_finetune.config import plain_dict, register_resolvers
+from gpt_finetune.errors import UserError, run_command
+from gpt_finetune.serving.loading import load_model
+from gpt_finetune.serving.server import ServerSettings, create_app
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, except that Ctrl-C / SIGTERM end `run` normally (exit 0) after the clean
+    shutdown, instead of being raised again once it is done."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                getattr(self, "_captured_signals", []).clear()  # what uvicorn would re-raise
+
+
+def read_api_key(env_name: str | None) -> str | None:
+    """The key clients must send: the value of the environment variable `env_name` (None: no key)."""
+    if env_name is None:
+        return None
+    key = os.environ.get(env_name, "").strip()
+    if not key:
+        raise UserError(
+            f"api_key_env={env_name}: the environment variable {env_name} is not set or empty; "
+            f"export {env_name}=<key> or drop api_key_env"
+        )
+    return key
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host:port` (port 0: a free one); a one-line error when taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as error:
+        raise UserError(
+            f"cannot listen on {host}:{port} ({error.strerror}); pass another port=N or host="
+        ) from None
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def serve(cfg: DictConfig) -> None:
+    """Load the model, bind the port, serve until Ctrl-C or SIGTERM."""
+    api_key = read_api_key(cfg.api_key_env)
+    if cfg.max_batch_size < 1:
+        raise UserError(f"max_batch_size={cfg.max_batch_size}; use 1 (no batching) or more")
+    usable = load_model(
+        cfg.run_dir,
+        cfg.ckpt_path,
+        model=plain_dict(cfg.model),
+        prompt_style=cfg.prompt_style,
+        device=cfg.device,
+    )
+    if cfg.model_name is not None:
+        usable.name = str(cfg.model_name)
+    settings = ServerSettings(
+        max_batch_size=int(cfg.max_batch_size),
+        max_body_bytes=int(cfg.max_body_bytes),
+        api_key=api_key,
+        max_new_tokens=int(cfg.generate.max_new_tokens),
+        temperature=float(cfg.generate.temperature),
+        top_k=None if cfg.generate.top_k is None else int(cfg.generate.top_k),
+    )
+    sock = bind(str(cfg.host), int(cfg.port))
+    server = Server(
+        uvicorn.Config(
+            create_app(usable, settings),
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    )
+    endpoints = "/v1/classify" if usable.kind == "classify" else "/v1/chat/completions, /v1/completions"
+    print(
+        f"serving {usable.name} ({usable.kind}, {usable.device}) at {url_of(sock)} "
+        f"(OpenAI API at {url_of(sock)}v1: /v1/models, {endpoints}); Ctrl-C stops",
+        flush=True,
+    )
+    server.run(sockets=[sock])
+    print("server stopped", flush=True)
+
+
+def main(cfg: DictConfig) -> None:
+    """Entry point for `serve.py`: user errors as one line on stderr and exit code 2."""
+    register_resolvers()
+    run_command(serve, cfg)

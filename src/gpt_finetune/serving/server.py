@@ -1,0 +1,184 @@
+"""The FastAPI app: OpenAI-compatible endpoints over one batching worker, a web page at `/`.
+
+Every failure a client can cause is answered as a 4xx in OpenAI's error shape and leaves the server up.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gpt_finetune.errors import UserError
+from gpt_finetune.serving.api_types import ApiError, error_body
+from gpt_finetune.serving.batching import Batcher, ServerStopping
+from gpt_finetune.serving.endpoints import ServerSettings, add_endpoints
+from gpt_finetune.serving.loading import UsableModel
+
+log = logging.getLogger(__name__)
+DRAINED = 16  # an oversized body is read (and dropped) up to this many times the limit before the 413
+
+
+def create_app(usable: UsableModel, settings: ServerSettings) -> FastAPI:
+    """The app serving `usable`; its batching worker runs while the app's lifespan does."""
+    batcher = Batcher(usable, settings.max_batch_size)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        try:
+            yield
+        finally:
+            batcher.stop()
+
+    app = FastAPI(
+        title="gpt-finetune",
+        lifespan=lifespan,
+        docs_url=None,  # the docs pages load assets from a CDN; the server works offline
+        redoc_url=None,
+    )
+    app.state.batcher, app.state.usable, app.state.settings = batcher, usable, settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    add_error_handlers(app)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(web_page(usable, auth=settings.api_key is not None))
+
+    @app.get("/health")
+    async def health() -> dict[str, object]:
+        return {
+            "status": "ok",
+            "model": usable.name,
+            "kind": usable.kind,
+            "batches": batcher.batches,
+            "largest_batch": batcher.largest_batch,
+            "waiting": batcher.waiting(),
+        }
+
+    add_endpoints(app, usable, batcher, settings, Depends(api_key_check(settings.api_key)))
+    return app
+
+
+def web_page(usable: UsableModel, auth: bool) -> str:
+    """`page.html` with the model's id, kind and labels injected (JSON, safe inside <script>)."""
+    page = resources.files("gpt_finetune.serving").joinpath("page.html").read_text(encoding="utf-8")
+    facts = {"model": usable.name, "kind": usable.kind, "labels": usable.labels, "auth": auth}
+    injected = json.dumps(facts).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return page.replace("/*SERVER_FACTS*/null", injected)
+
+
+def api_key_check(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
+    """A dependency: with `api_key` set, `Authorization: Bearer <api_key>` or a 401."""
+
+    async def check(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise ApiError(
+                401,
+                "missing or incorrect API key; send the header Authorization: Bearer <key>",
+                code="invalid_api_key",
+            )
+
+    return check
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as OpenAI's `{"error": {...}}`: validation 400, HTTP errors, our ApiError, 500."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, error: UserError) -> JSONResponse:
+        return JSONResponse(error_body(str(error), param="messages"), status_code=400)
+
+    @app.exception_handler(ServerStopping)
+    async def stopping(request: Request, error: ServerStopping) -> JSONResponse:
+        return JSONResponse(error_body(str(error), "server_error", code="shutting_down"), status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        message, param = validation_message(error)
+        return JSONResponse(error_body(message, param=param), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(error.status_code)
+        return JSONResponse(error_body(str(error.detail), code=code), status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, error: Exception) -> JSONResponse:
+        log.exception("request failed")
+        message = f"internal error ({type(error).__name__}); see the server's log"
+        return JSONResponse(error_body(message, "server_error"), status_code=500)
+
+
+def validation_message(error: RequestValidationError) -> tuple[str, str | None]:
+    """A one-line message for pydantic's errors (the first three), and the top-level field at fault."""
+    problems, params = [], []
+    for item in error.errors()[:3]:
+        if item.get("type") == "json_invalid":
+            detail = item.get("ctx", {}).get("error", "")
+            return f"the request body is not valid JSON ({detail})", None
+        loc = [str(part) for part in item.get("loc", ())[1:]]  # drop "body"
+        message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        problems.append(f"{'.'.join(loc)}: {message}" if loc else message)
+        params.append(loc[0] if loc else None)
+    return "; ".join(problems) or "invalid request", params[0] if params else None
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` (declared or streamed) gets a 413."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more and size <= DRAINED * self.max_bytes:
+            # Read the body first (keeping at most max_bytes): a client still sending misses a 413.
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size, more = size + len(body), bool(message.get("more_body", False))
+            if size <= self.max_bytes:
+                chunks.append(body)
+        if size > self.max_bytes:
+            await self.too_large(send, size)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: the disconnect a streaming response waits for
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def too_large(self, send: Send, size: int) -> None:
+        message = f"the request body is {size} bytes; the limit is {self.max_bytes} (max_body_bytes)"
+        body = json.dumps(error_body(message, code="request_too_large")).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

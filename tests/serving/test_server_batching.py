@@ -1,0 +1,161 @@
+"""Concurrent requests decode together: nothing lost under load, per-request settings hold in a batch,
+a client that goes away has its row stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from gpt_finetune.model import GPT, GPTConfig
+from gpt_finetune.serving.batching import Batcher
+from gpt_finetune.serving.loading import UsableModel
+from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
+
+Serve = Callable[..., Any]  # the `serve` fixture
+TIMEOUT = 300  # seconds for a whole test's requests: generous, never a measurement
+
+
+def greedy(model: UsableModel, prompts: list[str], max_new_tokens: int) -> list[str]:
+    tokenizer = gpt2_tokenizer()
+    rows = model.gpt.generate([tokenizer.encode(p) for p in prompts], max_new_tokens=max_new_tokens)
+    return [tokenizer.decode([t for t in row if t != END_OF_TEXT]) for row in rows]
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+async def complete(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    """One completion, streamed or not, as {"text", "finish_reason", "completion_tokens"}."""
+    if not body.get("stream"):
+        answer = await client.post("/v1/completions", json=body)
+        assert answer.status_code == 200, answer.text
+        data = answer.json()
+        choice = data["choices"][0]
+        return {"text": choice["text"], "finish_reason": choice["finish_reason"], **data["usage"]}
+    text, reason = "", None
+    async with client.stream("POST", "/v1/completions", json=body) as answer:
+        assert answer.status_code == 200
+        async for line in answer.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                choice = json.loads(line[6:])["choices"][0]
+                text, reason = text + choice["text"], choice["finish_reason"] or reason
+    return {"text": text, "finish_reason": reason}
+
+
+def test_32_clients_x_4_requests_lose_nothing_and_batch(serve: Serve, random_model: UsableModel) -> None:
+    prompts = [f"Request number {i}: tell me about item {i % 7}." for i in range(32)]
+    expected = greedy(random_model, prompts, 8)
+
+    async def clients(url: str, batcher: Batcher) -> list[list[dict[str, Any]]]:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=TIMEOUT, limits=httpx.Limits(max_connections=64)
+        ) as c:
+
+            async def one_client(i: int) -> list[dict[str, Any]]:
+                body = {"model": "tiny-random", "prompt": prompts[i], "max_tokens": 8}
+                return [await complete(c, body | {"stream": r % 2 == 1}) for r in range(4)]
+
+            with batcher.paused():  # the first requests of all 32 clients queue up: a full first batch
+                tasks = [asyncio.create_task(one_client(i)) for i in range(32)]
+                while batcher.waiting() < 32:
+                    await asyncio.sleep(0.01)
+            return await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+
+    with serve(random_model, max_batch_size=16) as (url, app):
+        results = asyncio.run(clients(url, app.state.batcher))
+        assert httpx.get(f"{url}/health").json()["status"] == "ok"  # still up
+        batcher = app.state.batcher
+    assert [[r["text"] for r in rs] for rs in results] == [[e] * 4 for e in expected]
+    assert batcher.finished_jobs == 128
+    assert batcher.largest_batch == 16 and batcher.batches < 128
+
+
+def test_each_request_keeps_its_settings_inside_a_batch(serve: Serve, random_model: UsableModel) -> None:
+    bodies = [
+        {"prompt": "The weather today", "max_tokens": 12},  # greedy
+        {"prompt": "A recipe for soup", "max_tokens": 9, "temperature": 1.2, "top_k": 30, "seed": 5},
+        {"prompt": "My favourite", "max_tokens": 3},
+        {"prompt": "Once upon a time there was", "max_tokens": 7, "temperature": 0.7, "seed": 9},
+    ]
+
+    async def send(url: str, batch: list[dict[str, Any]], batcher: Batcher) -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as c:
+            with batcher.paused():
+                tasks = [asyncio.create_task(complete(c, body)) for body in batch]
+                while batcher.waiting() < len(batch):
+                    await asyncio.sleep(0.01)
+            return await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+
+    with serve(random_model) as (url, app):
+        together = asyncio.run(send(url, bodies, app.state.batcher))
+        assert app.state.batcher.largest_batch == len(bodies)
+        alone = [asyncio.run(send(url, [body], app.state.batcher))[0] for body in bodies]
+    assert together == alone
+    assert together[0]["text"] == greedy(random_model, ["The weather today"], 12)[0]
+    assert [r["completion_tokens"] for r in together] == [12, 9, 3, 7]
+    assert {r["finish_reason"] for r in together} == {"length"}
+
+
+def gated(model: GPT, gate: threading.Event) -> None:
+    """Make every forward pass after the first of a decode wait for `gate`."""
+    forward, calls = model.hidden_states, [0]
+
+    def hidden_states(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] > 1:
+            gate.wait()
+        return forward(*args, **kwargs)
+
+    model.hidden_states = hidden_states  # type: ignore[method-assign]
+
+
+def test_a_client_that_disconnects_has_its_row_stopped(serve: Serve) -> None:
+    torch.manual_seed(0)
+    model = UsableModel(
+        "instruct", GPT(GPTConfig.from_size("tiny", context_length=256)).eval(), "alpaca", "m", ""
+    )
+    gate = threading.Event()
+    gated(model.gpt, gate)
+    with serve(model) as (url, app), httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        batcher: Batcher = app.state.batcher
+        body = {"prompt": "Tell me a long story", "max_tokens": 200, "stream": True}
+        with client.stream("POST", "/v1/completions", json=body) as answer:
+            assert next(answer.iter_lines()).startswith("data: ")  # the first token arrived
+        wait_until(lambda: bool(batcher.running) and batcher.running[0].cancelled, "the server saw it")
+        gate.set()
+        wait_until(lambda: batcher.finished_jobs == 1, "the row stopped")
+        assert batcher.cancelled_rows == 1
+        after = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2}).json()
+        assert after["usage"]["completion_tokens"] == 2
+
+
+@pytest.mark.parametrize("max_batch_size", [1, 3])
+def test_batches_never_exceed_max_batch_size(
+    serve: Serve, random_model: UsableModel, max_batch_size: int
+) -> None:
+    async def send(url: str, batcher: Batcher) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as c:
+            with batcher.paused():
+                tasks = [
+                    asyncio.create_task(complete(c, {"prompt": f"x{i}", "max_tokens": 2})) for i in range(5)
+                ]
+                while batcher.waiting() < 5:
+                    await asyncio.sleep(0.01)
+            await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+
+    with serve(random_model, max_batch_size=max_batch_size) as (url, app):
+        asyncio.run(send(url, app.state.batcher))
+        assert app.state.batcher.largest_batch == max_batch_size
+        assert app.state.batcher.batches == -(-5 // max_batch_size)
