@@ -6,14 +6,10 @@ import hashlib
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
+from loopback_hub import LoopbackServer, Reply, serving
 from safetensors.torch import load_file
 
 from gpt_finetune.model import GPT
@@ -32,49 +28,6 @@ from gpt_finetune.model.build import build_gpt
 model = build_gpt(size="gpt2-small", pretrained=True)
 save_file({name: t.contiguous() for name, t in model.state_dict().items()}, sys.argv[1])
 """
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-
-class LoopbackServer(ThreadingHTTPServer):
-    """HTTP on a free loopback port: answers `routes[path]` (404 otherwise) and records each request."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), RouteHandler)
-        self.routes: dict[str, Reply] = {}
-        self.requests: list[str] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class RouteHandler(BaseHTTPRequestHandler):
-    server: LoopbackServer
-
-    def do_HEAD(self) -> None:
-        self.reply(with_body=False)
-
-    def do_GET(self) -> None:
-        self.reply(with_body=True)
-
-    def reply(self, with_body: bool) -> None:
-        self.server.requests.append(f"{self.command} {self.path}")
-        reply = self.server.routes.get(self.path, Reply(404, {"X-Error-Code": "EntryNotFound"}))
-        self.send_response(reply.status)
-        for name, value in {"Content-Length": str(len(reply.body)), **reply.headers}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if with_body:
-            self.wfile.write(reply.body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Silent: the test reads `server.requests` instead."""
 
 
 def hub_and_cdn_routes(files: dict[str, bytes], cdn_url: str) -> tuple[dict[str, Reply], dict[str, Reply]]:
@@ -99,18 +52,6 @@ def hub_and_cdn_routes(files: dict[str, bytes], cdn_url: str) -> tuple[dict[str,
             git_sha1 = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
             hub[path] = Reply(200, {"X-Repo-Commit": COMMIT, "ETag": f'"{git_sha1}"'}, data)
     return hub, cdn
-
-
-@contextmanager
-def serving(server: LoopbackServer) -> Iterator[LoopbackServer]:
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def load(tmp_path: Path, out: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,53 @@
+"""An ollama Modelfile for the exported GGUF: its prompt template in the run's style, stop token, settings.
+
+The Go template follows `serving.conversation.render_messages`: with `.Messages` (ollama's chat API) a
+system message is its text and a blank line, a user turn is the style's prompt around the content, an
+assistant turn is its text and a blank line; without (a bare `.Prompt`, optional `.System`) it is the
+one-turn case. It uses no whitespace trimming (`{{-`), so every character outside the actions is literal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gpt_finetune.errors import UserError
+from gpt_finetune.export.chat_template import user_turn
+from gpt_finetune.serving.conversation import TURN_SEPARATOR
+from gpt_finetune.tokenizer import END_OF_TEXT_STRING
+
+GGUF_NAME = "model.gguf"
+
+
+def go_template(style: str) -> str:
+    """The ollama TEMPLATE text for prompt style `style`."""
+    before, after = user_turn(style)
+    if "{{" in before + after or '"""' in before + after:
+        raise UserError(f"prompt style {style!r} holds '{{{{' or '\"\"\"', which a Modelfile cannot quote")
+    return (
+        "{{ if .Messages }}"
+        "{{ range .Messages }}"
+        f'{{{{ if eq .Role "user" }}}}{before}{{{{ .Content }}}}{after}'
+        f"{{{{ else }}}}{{{{ .Content }}}}{TURN_SEPARATOR}"
+        "{{ end }}"
+        "{{ end }}"
+        "{{ else }}"
+        f"{{{{ if .System }}}}{{{{ .System }}}}{TURN_SEPARATOR}{{{{ end }}}}"
+        f"{before}{{{{ .Prompt }}}}{after}"
+        "{{ end }}"
+    )
+
+
+def modelfile(style: str, context_length: int) -> str:
+    """The Modelfile beside `model.gguf`: greedy answers, at most the model's context, stop at EOS."""
+    return (
+        f"FROM ./{GGUF_NAME}\n"
+        f'TEMPLATE """{go_template(style)}"""\n'
+        f'PARAMETER stop "{END_OF_TEXT_STRING}"\n'
+        "PARAMETER temperature 0\n"  # greedy, as chat.py and serve.py answer by default
+        f"PARAMETER num_ctx {context_length}\n"  # positions past GPT-2's context do not exist
+    )
+
+
+def ollama_commands(name: str, directory: Path) -> list[str]:
+    """The two shell lines that register the export with ollama and chat with it."""
+    return [f"ollama create {name} -f {directory / 'Modelfile'}", f"ollama run {name}"]
