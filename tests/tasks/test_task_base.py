@@ -32,7 +32,8 @@ def tasks() -> list[FinetuneTask]:
 @pytest.mark.parametrize("index", [0, 1])
 def test_hparams_hold_every_argument_and_the_whole_optimizer(index: int) -> None:
     task = tasks()[index]
-    expected = {"model": TINY, "optimizer": FULL}
+    no_lora = {"r": None, "alpha": 16.0, "dropout": 0.0, "targets": "all"}
+    expected = {"model": TINY, "optimizer": FULL, "lora": no_lora}
     expected |= (
         {"prompt_style": "phi3", "head_on_targets_only": True, "compile": False}
         if isinstance(task, InstructionTuning)

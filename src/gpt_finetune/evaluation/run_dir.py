@@ -73,15 +73,15 @@ def run_config(run_dir: Path) -> dict[str, Any]:
 
 def load_finetuned(ckpt: Path, device: str | torch.device = "cpu") -> Finetuned:
     """The GPT in a Lightning instruction-tuning checkpoint, built from its saved spec without downloads."""
+    from gpt_finetune.tasks.base import rebuild_spec
     from gpt_finetune.tasks.instruct import InstructionTuning
 
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     hparams = checkpoint.get("hyper_parameters", {})
     if "model" not in hparams or "prompt_style" not in hparams:
         raise UserError(f"{ckpt}: not an instruction-tuning checkpoint (no model spec and prompt style)")
-    # The weights come from the checkpoint: never fetch the pretrained ones again.
-    spec = {**hparams["model"], "pretrained": False, "weights": None}
-    task = InstructionTuning(**{**hparams, "model": spec})
+    task = InstructionTuning(**{**hparams, "model": rebuild_spec(hparams)})
+    task.on_load_checkpoint(checkpoint)  # a LoRA checkpoint: the frozen base filled in
     task.load_state_dict(checkpoint["state_dict"])
     model = task.model.to(device).eval()
     data = checkpoint.get("datamodule_hyper_parameters", {})

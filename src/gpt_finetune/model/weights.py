@@ -80,11 +80,15 @@ def load_weights(model: GPT, tensors: dict[str, torch.Tensor], source: str) -> N
 
 
 def save_pretrained(model: GPT, directory: str | Path) -> Path:
-    """Write `config.json` and `model.safetensors` that transformers' GPT2LMHeadModel and GPT load."""
+    """Write `config.json` and `model.safetensors` that transformers' GPT2LMHeadModel and GPT load.
+
+    LoRA adapters (`lora_A`, `lora_B`) are left out, so an adapted model writes its base: merge them
+    first (`tasks.adapters.merge_lora`) to write the fine-tuned weights.
+    """
     directory = Path(directory)
     tensors = {}
     for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight" and model.config.tie_embeddings:
+        if (name == "lm_head.weight" and model.config.tie_embeddings) or ".lora_" in name:
             continue
         tensor = tensor.detach().to("cpu", torch.float32)
         tensors[name] = (tensor.t() if name.endswith(CONV1D_SUFFIXES) else tensor).contiguous().clone()

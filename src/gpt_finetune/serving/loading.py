@@ -20,6 +20,7 @@ from gpt_finetune.errors import UserError
 from gpt_finetune.evaluation.run_dir import find_checkpoint, load_finetuned, run_config
 from gpt_finetune.model import GPT
 from gpt_finetune.model.build import build_gpt
+from gpt_finetune.tasks.base import rebuild_spec
 from gpt_finetune.tasks.classify import Classification
 
 Kind = Literal["instruct", "classify"]
@@ -104,7 +105,7 @@ def load_classifier(path: Path, device: str | torch.device = "cpu") -> Classific
     hparams = saved.get("hyper_parameters", {})
     if "labels" not in hparams or "model" not in hparams:
         raise UserError(f"{path}: not a classification checkpoint (no labels); train with task=classify")
-    spec = {**hparams["model"], "pretrained": False, "weights": None}
+    spec = rebuild_spec(hparams)
     task = Classification.load_from_checkpoint(path, map_location=device, weights_only=True, model=spec)
     return task.eval()
 

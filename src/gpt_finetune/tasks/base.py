@@ -9,7 +9,9 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.data import AttributeDict
 
+from gpt_finetune.errors import UserError
 from gpt_finetune.model.build import build_gpt
+from gpt_finetune.tasks.adapters import LoRASettings, add_lora
 from gpt_finetune.tasks.optim import AdamWSettings, clip_gradients, configure_adamw
 
 Stage = Literal["train", "val", "test"]
@@ -32,15 +34,57 @@ class FinetuneTask(L.LightningModule):
     """
 
     def __init__(
-        self, model: dict[str, Any], optimizer: dict[str, Any] | None = None, **renamed: Any
+        self,
+        model: dict[str, Any],
+        optimizer: dict[str, Any] | None = None,
+        lora: dict[str, Any] | None = None,
+        **renamed: Any,
     ) -> None:
         super().__init__()
         settings = optimizer_settings(optimizer, renamed)
+        self.lora = LoRASettings(**(lora or {}))
+        self.lora.check()  # before the backbone is built (or downloaded)
+        if self.lora.enabled and not (model.get("pretrained") or model.get("weights")):
+            raise UserError(
+                "task.lora needs a base that loads again (LoRA checkpoints hold only the adapters): "
+                "set model.pretrained=true or model.weights=DIR"
+            )
         self.save_hyperparameters(ignore=list(renamed))  # the __init__ arguments of every class up the chain
         self.save_hyperparameters(
-            {**self.hparams, "optimizer": asdict(settings)}
-        )  # ... with `optimizer` whole
+            {**self.hparams, "optimizer": asdict(settings), "lora": asdict(self.lora)}
+        )  # ... with `optimizer` and `lora` whole
         self.model = build_gpt(**model)
+
+    def add_adapters(self, *trainable: torch.nn.Module) -> None:
+        """With `task.lora`: freeze the backbone, add adapters, and keep `trainable` (a new head) training.
+
+        Tasks call this at the end of `__init__`, once their head is in place.
+        """
+        if not self.lora.enabled:
+            return
+        add_lora(self.model, self.lora)
+        for module in trainable:
+            module.requires_grad_(True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.lora.enabled:  # adapters and head only: megabytes, where the frozen base is gigabytes
+            trained = {name for name, param in self.named_parameters() if param.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not self.lora.enabled:
+            return
+        # A LoRA checkpoint holds what trains; the frozen rest is this task's own base (from the `model`
+        # spec), filled in so that the load stays strict.
+        saved = checkpoint["state_dict"]
+        missing = [n for n, p in self.named_parameters() if p.requires_grad and n not in saved]
+        if missing:
+            raise UserError(
+                f"the checkpoint lacks {len(missing)} trained tensors ({missing[0]}, ...): "
+                "it was not written with this task.lora setting"
+            )
+        for name, tensor in self.state_dict().items():
+            saved.setdefault(name, tensor)
 
     @property
     def hparams(self) -> AttributeDict:
@@ -74,3 +118,12 @@ class FinetuneTask(L.LightningModule):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+
+def rebuild_spec(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The `model` spec that rebuilds a checkpoint's task: no download, the checkpoint has every weight —
+    except with LoRA, whose checkpoint holds the adapters only: then the base comes from the spec's source."""
+    spec = dict(hparams["model"])
+    if (hparams.get("lora") or {}).get("r") is not None:
+        return spec
+    return {**spec, "pretrained": False, "weights": None}

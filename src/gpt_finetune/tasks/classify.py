@@ -69,14 +69,16 @@ class Classification(FinetuneTask):
         trainable: Trainable = "last_block",
         pooling: Pooling = "last_position",
         optimizer: dict[str, Any] | None = None,
+        lora: dict[str, Any] | None = None,
         **renamed: Any,
     ) -> None:
         if pooling not in POOLINGS:  # before the backbone is built (or downloaded)
             raise UserError(f"task.pooling={pooling!r} is not one of {', '.join(POOLINGS)}")
-        super().__init__(model, optimizer, **renamed)
+        super().__init__(model, optimizer, lora, **renamed)
         self.labels = [str(name) for name in labels]
         self.model.lm_head = nn.Linear(self.model.config.emb_dim, len(self.labels))  # book: `out_head`
         set_trainable(self.model, trainable)
+        self.add_adapters(self.model.lm_head)  # with task.lora: adapters + the new head train
         self.train_metrics = split_metrics(len(self.labels), "train")
         self.val_metrics = split_metrics(len(self.labels), "val")
         self.test_metrics = split_metrics(len(self.labels), "test")
@@ -127,9 +129,11 @@ class Classification(FinetuneTask):
         return {"logits": self._shared_step(batch, "test")[1].detach()}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["input_format"] = self.input_format
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.input_format = checkpoint.get("input_format", self.input_format)
 
     @torch.no_grad()

@@ -23,9 +23,11 @@ class InstructionTuning(FinetuneTask):
         optimizer: dict[str, Any] | None = None,
         head_on_targets_only: bool = True,
         compile: bool = False,
+        lora: dict[str, Any] | None = None,
         **renamed: Any,
     ) -> None:
-        super().__init__(model, optimizer, **renamed)
+        super().__init__(model, optimizer, lora, **renamed)
+        self.add_adapters()  # with task.lora the LM head stays frozen, as the embedding it started from
         self.head_on_targets_only = head_on_targets_only
         self.loss_fn = torch.compile(masked_lm_loss_sum, dynamic=True) if compile else masked_lm_loss_sum
         self.val_loss = MeanMetric()
