@@ -63,6 +63,7 @@ def serve(cfg: DictConfig) -> None:
     api_key = read_api_key(cfg.api_key_env)
     if cfg.max_batch_size < 1:
         raise UserError(f"max_batch_size={cfg.max_batch_size}; use 1 (no batching) or more")
+    sock = bind(str(cfg.host), int(cfg.port))  # before the (slow) load: a taken port fails at once
     usable = load_model(
         cfg.run_dir,
         cfg.ckpt_path,
@@ -80,7 +81,6 @@ def serve(cfg: DictConfig) -> None:
         temperature=float(cfg.generate.temperature),
         top_k=None if cfg.generate.top_k is None else int(cfg.generate.top_k),
     )
-    sock = bind(str(cfg.host), int(cfg.port))
     server = Server(
         uvicorn.Config(
             create_app(usable, settings),

@@ -1,0 +1,124 @@
+"""`python serve.py` as a user runs it: the URL line, the openai client, SIGTERM / Ctrl-C end it cleanly."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from gpt_finetune.serving.conversation import render_messages
+from gpt_finetune.serving.loading import load_model
+from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ServeProcess:
+    """`python serve.py ARGS` with its output lines readable as they come."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "serve.py", *args],
+            cwd=ROOT,
+            env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | (env or {}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the server's process group only
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 180) -> re.Match[str]:
+        while True:
+            line = self.lines.get(timeout=timeout)
+            assert line is not None, f"serve.py ended: {''.join(self.output)}"
+            self.output.append(line)
+            if found := re.search(pattern, line):
+                return found
+
+    def stop(self, signum: int) -> int:
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout=60)
+        while (line := self.lines.get(timeout=10)) is not None:
+            self.output.append(line)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def serve_process() -> Iterator[type[ServeProcess]]:
+    started: list[ServeProcess] = []
+
+    class Started(ServeProcess):
+        def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+            super().__init__(*args, env=env)
+            started.append(self)
+
+    yield Started
+    for process in started:
+        process.kill()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_py_answers_the_openai_client_and_stops_cleanly(
+    quickstart_run: Path, serve_process: type[ServeProcess], signum: int
+) -> None:
+    server = serve_process(
+        f"run_dir={quickstart_run}",
+        "port=0",
+        "device=cpu",
+        "api_key_env=GPTF_TEST_KEY",
+        "generate.max_new_tokens=12",
+        env={"GPTF_TEST_KEY": "k3y"},
+    )
+    url = server.wait_for(r"at (http://127\.0\.0\.1:\d+/)").group(1)
+    client = OpenAI(base_url=f"{url}v1", api_key="k3y", max_retries=0, timeout=120)
+    messages = [{"role": "user", "content": "Give me a synonym for quick."}]
+    done = client.chat.completions.create(model=quickstart_run.name, messages=messages)  # type: ignore[arg-type]
+
+    model = load_model(str(quickstart_run), device="cpu")
+    tokenizer = gpt2_tokenizer()
+    prompt = tokenizer.encode(render_messages(messages, model.prompt_style))
+    expected = [t for t in model.gpt.generate([prompt], max_new_tokens=12)[0] if t != END_OF_TEXT]
+    assert done.choices[0].message.content == tokenizer.decode(expected)
+
+    assert server.stop(signum) == 0
+    assert "server stopped" in "".join(server.output)
+    assert "Traceback" not in "".join(server.output)
+
+
+def test_a_missing_key_variable_is_one_error_line(
+    quickstart_run: Path, serve_process: type[ServeProcess]
+) -> None:
+    server = serve_process(f"run_dir={quickstart_run}", "port=0", "api_key_env=GPTF_NO_SUCH_VARIABLE")
+    assert server.process.wait(timeout=120) == 2
+    server.wait_for(r"^error: api_key_env=GPTF_NO_SUCH_VARIABLE: the environment variable .* is not set")
+
+
+def test_a_taken_port_is_one_error_line(quickstart_run: Path, serve_process: type[ServeProcess]) -> None:
+    first = serve_process(f"run_dir={quickstart_run}", "port=0", "device=cpu")
+    port = first.wait_for(r"127\.0\.0\.1:(\d+)/").group(1)
+    second = serve_process(f"run_dir={quickstart_run}", f"port={port}", "device=cpu")
+    assert second.process.wait(timeout=120) == 2
+    second.wait_for(rf"^error: cannot listen on 127\.0\.0\.1:{port} .*pass another port=N")
