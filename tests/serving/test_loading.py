@@ -76,3 +76,27 @@ def test_a_run_without_checkpoints_and_a_file_that_is_no_checkpoint(tmp_path: Pa
     torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
     with pytest.raises(UserError, match=r"not a train\.py checkpoint"):
         load_model(ckpt_path=str(tmp_path / "bare.ckpt"))
+
+
+def test_a_lora_run_loads_merged_unless_asked_not_to(tmp_path: Path) -> None:
+    from gpt_finetune.tasks.adapters import adapted_layers
+    from gpt_finetune.tasks.instruct import InstructionTuning
+
+    torch.manual_seed(0)
+    GPT(GPTConfig.from_size("tiny")).save_pretrained(tmp_path / "base")
+    spec = {"size": "tiny", "pretrained": False, "weights": str(tmp_path / "base")}
+    task = InstructionTuning(spec, lora={"r": 4})
+    with torch.no_grad():
+        for _, layer in adapted_layers(task.model):
+            layer.lora_B.normal_(std=0.1)
+    tokens = torch.tensor([[464, 3290, 318, 257]])
+    expected = task.model.eval()(tokens)
+    checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}
+    task.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "lora.ckpt")
+    merged = load_model(ckpt_path=str(tmp_path / "lora.ckpt"), device="cpu")
+    assert not list(adapted_layers(merged.gpt)) and merged.lora["r"] == 4
+    assert (merged.gpt(tokens) - expected).abs().max() <= 1e-5
+    apart = load_model(ckpt_path=str(tmp_path / "lora.ckpt"), device="cpu", merge=False)
+    assert len(list(adapted_layers(apart.gpt))) == 4 * apart.gpt.config.n_layers
+    assert torch.equal(apart.gpt(tokens), expected)

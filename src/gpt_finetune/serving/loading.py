@@ -20,6 +20,7 @@ from gpt_finetune.errors import UserError
 from gpt_finetune.evaluation.run_dir import find_checkpoint, load_finetuned, run_config
 from gpt_finetune.model import GPT
 from gpt_finetune.model.build import build_gpt
+from gpt_finetune.tasks.adapters import merge_lora
 from gpt_finetune.tasks.base import rebuild_spec
 from gpt_finetune.tasks.classify import Classification
 
@@ -44,6 +45,7 @@ class UsableModel:
     run_dir: Path | None = None
     checkpoint: Path | None = None
     spec: dict[str, Any] = field(default_factory=dict)
+    lora: dict[str, Any] = field(default_factory=dict)  # the run's task.lora (r None: no adapters)
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +83,7 @@ def load_checkpoint(
         "run_dir": folder,
         "checkpoint": path,
         "spec": dict(hparams["model"]),
+        "lora": dict(hparams.get("lora") or {}),
         "data": dict(saved.get("datamodule_hyper_parameters", {})),
         "metrics": _metrics(folder),
         "config": run_config(folder) if folder is not None else {},
@@ -116,11 +119,27 @@ def load_model(
     model: dict[str, Any] | None = None,
     prompt_style: str | None = None,
     device: str | torch.device = "auto",
+    merge: bool = True,
 ) -> UsableModel:
     """The model `run_dir` / `ckpt_path` / the base `model` spec names, on `device`, in eval mode.
 
-    `prompt_style` (when given) overrides the checkpoint's; a base model uses it, or alpaca.
+    `prompt_style` (when given) overrides the checkpoint's; a base model uses it, or alpaca. A LoRA
+    run's adapters are merged into its weights (one plain GPT-2, as fast as the base), unless `merge` is
+    false (`export.py merge=false` writes them apart); `lora` holds the run's LoRA settings either way.
     """
+    used = _load(run_dir, ckpt_path, model, prompt_style, device)
+    if merge:
+        merge_lora(used.gpt)
+    return used
+
+
+def _load(
+    run_dir: str | None,
+    ckpt_path: str | None,
+    model: dict[str, Any] | None,
+    prompt_style: str | None,
+    device: str | torch.device,
+) -> UsableModel:
     if prompt_style is not None:
         check_style(prompt_style)
     target = resolve_device(device)
