@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from gpt_finetune.benchmarks import data_file, generation, matrix, training
+from gpt_finetune.benchmarks import data_file, generation, lora, matrix, training
 from gpt_finetune.benchmarks.data_file import data_path
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = [{"instruction": f"Repeat {i}.", "input": "", "output": f"{i}"} for i in range(20)]
 # What each benchmark would start with once its data is read: must never run on bad --data.
-WORK = {generation: "GPT", training: "run_rows", matrix: "run_reference"}
-ARGV = {generation: [], training: [], matrix: ["--accelerator", "cpu"]}
+WORK = {generation: "GPT", training: "run_rows", matrix: "run_reference", lora: "run_pair"}
+ARGV = {generation: [], training: [], matrix: ["--accelerator", "cpu"], lora: []}
 
 
 def no_work(*args: Any, **kwargs: Any) -> None:
@@ -105,3 +105,12 @@ def test_training_and_matrix_use_the_given_file(tmp_path: Path) -> None:
     overrides = matrix.train_overrides(matrix.Cell("tiny", "32-true", 1, False), args, tmp_path / "cell")
     assert "data=sample" in overrides and not any(o.startswith("data.path=") for o in overrides)
     assert args.data == data_path("sample") and args.data.name == "sample_instructions.json"
+
+
+def test_lora_benchmark_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--models", "tiny", "--precisions", "fp32", "--steps", "1", "--warmup", "0", "--batch-size", "2"]
+    lora.main([*argv, "--rank", "4", "--data", str(records_file(tmp_path))])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny")]
+    assert [row[0] for row in rows] == ["| tiny, fp32, full", "| tiny, fp32, LoRA"]
+    full_mb, lora_mb = (float(row[-1].rstrip(" |")) for row in rows)
+    assert 0 < lora_mb < full_mb / 20  # adapters + their AdamW state only
