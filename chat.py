@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from gpt_finetune.chat import main as chat_main
+from gpt_finetune.predict import literal_text_argv
 from gpt_finetune.renames import refuse_renamed_keys
 
 
@@ -16,4 +17,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     refuse_renamed_keys(sys.argv[1:])
+    sys.argv = literal_text_argv(sys.argv, "prompt", "system")  # taken verbatim, whatever they hold
     main()

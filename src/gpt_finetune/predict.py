@@ -67,14 +67,17 @@ def predict(cfg: DictConfig) -> list[tuple[str, float, str]]:
     return results
 
 
-def literal_text_argv(argv: list[str]) -> list[str]:
-    """`text=...` arguments quoted for Hydra: commas, quotes, `!` or `${` in a text reach predict verbatim."""
+def literal_text_argv(argv: list[str], *keys: str) -> list[str]:
+    """`KEY=...` arguments for each of `keys` (default `text`) quoted for Hydra: commas, quotes, `!` or
+    `${` in the value reach the command verbatim."""
+    prefixes = tuple(f"{key}=" for key in keys or ("text",))
     quoted: list[str] = []
     for arg in argv:
-        if arg.startswith("text="):
-            value = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", arg[len("text=") :])
+        if arg.startswith(prefixes):
+            key, _, value = arg.partition("=")
+            value = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
             value = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)  # Hydra: \ before a quote
-            arg = "text='" + value.replace("'", "\\'") + "'"
+            arg = f"{key}='" + value.replace("'", "\\'") + "'"
         quoted.append(arg)
     return quoted
 
