@@ -243,24 +243,20 @@ def read_lines(interactive: bool) -> Iterator[str]:
 
 
 def converse(model: UsableModel, chat: Conversation | None, interactive: bool) -> None:
-    """Answer (or classify) each line until /quit or end of input; Ctrl-C at the prompt exits 130."""
+    """Answer (or classify) each line until /quit or end of input."""
     if interactive:
         what = "classifies each line" if chat is None else f"prompt style {model.prompt_style}"
         note(f"{model.name} ({what}); /help lists the commands, Ctrl-D leaves")
-    try:
-        for line in read_lines(interactive):
-            if line.startswith("/"):
-                if not slash_command(line, chat):
-                    return
-            elif not line.strip():
-                continue
-            elif chat is None:
-                classify(model, line)
-            else:
-                chat.ask(line)
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        raise SystemExit(130) from None
+    for line in read_lines(interactive):
+        if line.startswith("/"):
+            if not slash_command(line, chat):
+                return
+        elif not line.strip():
+            continue
+        elif chat is None:
+            classify(model, line)
+        else:
+            chat.ask(line)
 
 
 def chat(cfg: DictConfig) -> None:
@@ -268,20 +264,27 @@ def chat(cfg: DictConfig) -> None:
     settings = Settings.from_config(cfg.generate)
     spec = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))  # the base model
     model = load_model(cfg.run_dir, cfg.ckpt_path, spec, cfg.prompt_style, cfg.device)
+    if cfg.prompt is not None and not str(cfg.prompt).strip():
+        raise UserError('prompt is empty; pass a text: prompt="..." (or leave it out to chat)')
     if model.kind == "classify":
         if cfg.prompt is not None:
-            return classify(model, cfg.prompt)
+            return classify(model, str(cfg.prompt))
         return converse(model, None, sys.stdin.isatty())
     conversation = Conversation(model, settings, cfg.system)
     if cfg.prompt is None:
         return converse(model, conversation, sys.stdin.isatty())
-    if not str(cfg.prompt).strip():
-        raise UserError('prompt is empty; pass the question or instruction: prompt="..."')
     messages = [*conversation.system, {"role": "user", "content": str(cfg.prompt)}]
     conversation.stream(conversation.encode(messages), stops=[])  # exactly the tokens, to end-of-text
+    if conversation.interrupted:
+        raise KeyboardInterrupt  # a partial answer: exit 130, as for Ctrl-C anywhere else
 
 
 def main(cfg: DictConfig) -> None:
-    """Entry point for `chat.py`: user errors as one line on stderr and exit code 2."""
+    """Entry point for `chat.py`: user errors as one line on stderr and exit code 2; Ctrl-C (except
+    while answering in a chat, which stops the answer) exits 130 without a traceback."""
     register_resolvers()
-    run_command(chat, cfg)
+    try:
+        run_command(chat, cfg)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        raise SystemExit(130) from None
