@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,7 +12,7 @@ from omegaconf import DictConfig
 from gpt_finetune.config import plain_dict, register_resolvers
 from gpt_finetune.errors import UserError, run_command
 from gpt_finetune.serving.loading import load_model
-from gpt_finetune.serving.server import ServerSettings, create_app
+from gpt_finetune.serving.server import ServerSettings, bind, create_app, url_of
 
 
 class Server(uvicorn.Server):
@@ -42,27 +41,13 @@ def read_api_key(env_name: str | None) -> str | None:
     return key
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on `host:port` (port 0: a free one); a one-line error when taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family, backlog=2048)
-    except OSError as error:
-        raise UserError(
-            f"cannot listen on {host}:{port} ({error.strerror}); pass another port=N or host="
-        ) from None
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-
-
 def serve(cfg: DictConfig) -> None:
     """Load the model, bind the port, serve until Ctrl-C or SIGTERM."""
     api_key = read_api_key(cfg.api_key_env)
     if cfg.max_batch_size < 1:
         raise UserError(f"max_batch_size={cfg.max_batch_size}; use 1 (no batching) or more")
+    if cfg.batch_wait_ms < 0:
+        raise UserError(f"batch_wait_ms={cfg.batch_wait_ms}; use 0 (start at once) or more")
     sock = bind(str(cfg.host), int(cfg.port))  # before the (slow) load: a taken port fails at once
     usable = load_model(
         cfg.run_dir,
@@ -75,6 +60,7 @@ def serve(cfg: DictConfig) -> None:
         usable.name = str(cfg.model_name)
     settings = ServerSettings(
         max_batch_size=int(cfg.max_batch_size),
+        batch_wait_ms=float(cfg.batch_wait_ms),
         max_body_bytes=int(cfg.max_body_bytes),
         api_key=api_key,
         max_new_tokens=int(cfg.generate.max_new_tokens),

@@ -159,3 +159,14 @@ def test_batches_never_exceed_max_batch_size(
         asyncio.run(send(url, app.state.batcher))
         assert app.state.batcher.largest_batch == max_batch_size
         assert app.state.batcher.batches == -(-5 // max_batch_size)
+
+
+def test_an_idle_server_gathers_a_burst_into_one_batch(serve: Serve, random_model: UsableModel) -> None:
+    async def burst(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as c:
+            bodies = [{"prompt": f"burst {i}", "max_tokens": 2} for i in range(3)]
+            await asyncio.wait_for(asyncio.gather(*(complete(c, b) for b in bodies)), TIMEOUT)
+
+    with serve(random_model, max_batch_size=3, batch_wait_ms=60_000) as (url, app):
+        asyncio.run(burst(url))  # a full batch starts without waiting out batch_wait_ms
+        assert (app.state.batcher.batches, app.state.batcher.largest_batch) == (1, 3)

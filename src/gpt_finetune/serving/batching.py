@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -93,9 +94,10 @@ class Job:
 class Batcher:
     """The worker thread that owns `usable` and decodes queued jobs in batches of `max_batch_size`."""
 
-    def __init__(self, usable: UsableModel, max_batch_size: int) -> None:
+    def __init__(self, usable: UsableModel, max_batch_size: int, gather_s: float = 0.0) -> None:
         self.usable = usable
         self.max_batch_size = max_batch_size
+        self.gather_s = gather_s  # an idle worker waits this long for more jobs before a short batch
         self.context = usable.gpt.config.context_length
         self.largest_batch = 0  # the most jobs decoded together so far
         self.batches = 0
@@ -152,6 +154,7 @@ class Batcher:
             with self._condition:
                 while not self._stopping and (self._paused or not self._waiting):
                     self._condition.wait()
+                self._gather()
                 if self._stopping:
                     return
                 jobs = self._take()
@@ -171,6 +174,16 @@ class Batcher:
                     job.emit(error)
             self.running = []
             self.finished_jobs += len(jobs)
+
+    def _gather(self) -> None:
+        """Wait up to `gather_s` while fewer than `max_batch_size` jobs wait (a burst of requests whose
+        first would otherwise start a batch alone); call with the condition held."""
+        deadline = time.monotonic() + self.gather_s
+        while not self._stopping and not self._paused and len(self._waiting) < self.max_batch_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._condition.wait(left)
 
     def _take(self) -> list[Job]:
         """Up to `max_batch_size` waiting jobs of one kind, oldest first, that fit the context together."""
