@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -21,14 +22,14 @@ class Reply:
 
 
 class LoopbackServer(ThreadingHTTPServer):
-    """HTTP on a free loopback port: answers `routes[path]` (404 otherwise) or `on_post(path, body, headers)`,
-    and records each request line in `requests`."""
+    """HTTP on a free loopback port: answers GET/HEAD from `routes[path]` (404 otherwise) and POST with
+    `on_post(path, body, headers)` (headers read case-insensitively); records each request in `requests`."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), RouteHandler)
         self.routes: dict[str, Reply] = {}
         self.requests: list[str] = []
-        self.on_post: Callable[[str, bytes, dict[str, str]], Reply] | None = None
+        self.on_post: Callable[[str, bytes, Message], Reply] | None = None
 
     @property
     def url(self) -> str:
@@ -48,7 +49,7 @@ class RouteHandler(BaseHTTPRequestHandler):
         self.server.requests.append(f"{self.command} {self.path}")
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         on_post = self.server.on_post
-        reply = on_post(self.path, body, dict(self.headers)) if on_post is not None else Reply(404)
+        reply = on_post(self.path, body, self.headers) if on_post is not None else Reply(404)
         self.send(reply, with_body=True)
 
     def reply(self, with_body: bool) -> None:

@@ -27,7 +27,7 @@ def random_usable(style: str = "alpaca", seed: int = 0, **config: object) -> Usa
     with torch.no_grad():
         for name, parameter in gpt.named_parameters():
             if parameter.ndim == 2:
-                parameter.mul_(4.0)
+                parameter.mul_(2.0)
             elif ".ln" in name and name.endswith(".weight"):
                 parameter.uniform_(0.5, 1.5)
             else:

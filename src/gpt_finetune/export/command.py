@@ -26,7 +26,6 @@ from gpt_finetune.export.hf import HfDtype, check_exportable, write_hf
 from gpt_finetune.export.modelfile import GGUF_NAME, modelfile, ollama_commands
 from gpt_finetune.serving.loading import UsableModel, load_model
 
-log = logging.getLogger(__name__)
 FORMATS: dict[str, tuple[str, ...]] = {
     "hf": ("f32", "f16", "bf16"),
     "gguf": ("f16", "f32", "q8_0"),
@@ -50,6 +49,7 @@ def export(cfg: DictConfig) -> Path:
         if fmt == "hf":
             write_hf(usable, folder, cast(HfDtype, dtype), location=cfg.push_to_hub or str(out))
         else:
+            logging.getLogger("gguf").setLevel(logging.WARNING)  # its INFO lines name the temporary folder
             write_gguf(usable, folder / GGUF_NAME, cast(GgufDtype, dtype))
             write_text(folder / "Modelfile", modelfile(usable.prompt_style, usable.gpt.config.context_length))
     report(usable, fmt, dtype, out)
