@@ -8,22 +8,17 @@ mask must keep the first response token and the end-of-text target, and generati
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import lightning as L
 import pytest
+from word_lists import WORDS, distinct_word_lists
 
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule
 from gpt_finetune.evaluation.responses import generate_responses
 from gpt_finetune.tasks.instruct import InstructionTuning
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
-# One GPT-2 token each, with and without a leading space: the response is a token-for-token copy.
-WORDS = (
-    *("red", "blue", "green", "black", "white", "cat", "dog", "bird", "fish", "tree"),
-    *("sun", "moon", "star", "rain", "fire", "water", "stone", "king", "road", "book"),
-)
 # phi3's prompt is half alpaca's length: attention finds the input words sooner.
 STYLE = "phi3"
 SEED = 0
@@ -31,10 +26,7 @@ SEED = 0
 
 def write_copy_task(path: Path, n_records: int, seed: int) -> Path:
     """`n_records` records "Repeat." with 2-4 different words as input and as output, all inputs distinct."""
-    rng = random.Random(seed)
-    inputs: dict[str, None] = {}  # an ordered set: no input is repeated, so no two splits share one
-    while len(inputs) < n_records:
-        inputs[" ".join(rng.sample(WORDS, rng.randint(2, 4)))] = None
+    inputs = distinct_word_lists(n_records, seed)  # all different: no two splits share one
     records = [{"instruction": "Repeat.", "input": text, "output": text} for text in inputs]
     path.write_text(json.dumps(records, indent=1), encoding="utf-8")
     return path
