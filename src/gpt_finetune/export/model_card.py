@@ -66,7 +66,7 @@ def usage(usable: UsableModel, location: str) -> str:
             'batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")\n'
             "probs = model(**batch).logits.softmax(-1)\n"
             "print([model.config.id2label[i] for i in probs.argmax(-1).tolist()])\n"
-            "```\n"
+            "```"
         )
     return (
         "```python\n"
@@ -79,7 +79,7 @@ def usage(usable: UsableModel, location: str) -> str:
         ')["input_ids"]\n'
         "out = model.generate(ids, max_new_tokens=128)\n"
         "print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))\n"
-        "```\n"
+        "```"
     )
 
 
@@ -109,7 +109,7 @@ def model_card(usable: UsableModel, dtype: str, location: str) -> str:
         f"# {usable.name}\n\n{what}; exported by gpt-finetune's `export.py`{source}.",
         "## Model\n\n"
         + table(
-            ("", ""),
+            ("", "value"),
             [
                 ("base model", base),
                 (
