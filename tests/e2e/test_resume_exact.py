@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpt_finetune.model import GPT, GPTConfig
+
 ROOT = Path(__file__).resolve().parents[2]
 RUN = (
     "experiment=quickstart",
@@ -34,6 +36,15 @@ CASES = {
     # Stopped after batch 8 of 12, 3 micro-batches past the step at batch 5: those are trained on again.
     "sigterm-mid-accumulation": ((*GROUPED, "trainer.accumulate_grad_batches=5"), 1, 7, "SIGTERM", 4),
     "sigint-mid-accumulation": ((*GROUPED, "trainer.accumulate_grad_batches=5"), 1, 7, "SIGINT", 4),
+    # LoRA: last.ckpt holds the adapters and their optimizer state only; the frozen base comes back from
+    # model.weights on resume. Dropout on the adapters' input draws from the restored random stream too.
+    "lora-sigkill-2nd-epoch-mid-epoch": (
+        ("model.weights={base}", "task.lora.r=4", "task.lora.dropout=0.1"),
+        1,
+        9,
+        "SIGKILL",
+        20,
+    ),
 }
 
 
@@ -42,6 +53,15 @@ def outcome(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     weights = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return weights, {k: metrics[k] for k in ("global_step", "best_val/loss", "test/loss")}
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny base for the LoRA case (LoRA needs a base that loads again)."""
+    path = tmp_path_factory.mktemp("base") / "tiny"
+    torch.manual_seed(0)
+    GPT(GPTConfig.from_size("tiny")).save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +82,10 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, run_train) -> dict[t
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_interrupted_run_resumes_to_the_uninterrupted_weights(
-    case: str, tmp_path: Path, uninterrupted: dict[tuple[str, ...], Path], run_train
+    case: str, tmp_path: Path, uninterrupted: dict[tuple[str, ...], Path], run_train, tiny_base: Path
 ) -> None:
-    extra, epoch, batch, signum, saved_step = CASES[case]
+    overrides, epoch, batch, signum, saved_step = CASES[case]
+    extra = tuple(override.format(base=tiny_base) for override in overrides)
     interrupt = (
         "+callbacks.interrupt._target_=train_interrupts.SignalAt",
         f"+callbacks.interrupt.epoch={epoch}",
@@ -81,5 +102,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(
     weights, metrics = outcome(uninterrupted[extra])
     resumed_weights, resumed_metrics = outcome(tmp_path)
     assert resumed_metrics == metrics
+    if any(override.startswith("task.lora.r=") for override in extra):  # adapters only were saved
+        assert weights and all(".lora_" in name for name in weights)
     for name, tensor in weights.items():
         assert torch.equal(tensor, resumed_weights[name]), name
