@@ -40,13 +40,16 @@ def bundled_path(name: str) -> str:
 
 
 def short_name(text: str, limit: int = 200) -> str:
-    """`text` as a file name of at most `limit` characters: cut, with a hash of the whole, when longer.
+    """`text` as one file name of at most `limit` characters: `/` as `_`, cut with a hash of the whole when
+    longer.
 
-    A sweep job's folder is named for its overrides, which grow past the 255 bytes a file name may hold.
+    A sweep job's folder is named for its overrides, which grow past the 255 bytes a file name may hold and
+    may hold paths (`model.weights=DIR`), whose slashes would nest the job's folder several levels down.
     """
-    if len(text) <= limit:
-        return text
-    return f"{text[: limit - 9]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    name = text.replace("/", "_")
+    if len(name) <= limit:
+        return name
+    return f"{name[: limit - 9]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 def register_resolvers() -> None:

@@ -95,3 +95,4 @@ def test_long_sweep_folder_names_are_cut_with_a_hash_of_the_whole() -> None:
     long = ",".join(f"optimizer.key_{i}=0.123456789" for i in range(30))
     assert len(short_name(long)) == 200 and short_name(long) != short_name(long + "1")
     assert short_name(long).startswith(long[:100])
+    assert short_name("model.weights=/tmp/base,task.lora.r=2") == "model.weights=_tmp_base,task.lora.r=2"
