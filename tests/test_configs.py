@@ -178,6 +178,18 @@ def test_book_recipe(tmp_path: Path) -> None:
     assert cfg.callbacks.early_stopping is None
 
 
+@pytest.mark.parametrize(("experiment", "book"), [("spam-lora", "spam"), ("book-ch07-lora", "book-ch07")])
+def test_lora_recipes_are_the_book_recipes_with_adapters(experiment: str, book: str, tmp_path: Path) -> None:
+    """Appendix E and exercise 7.4: the chapter's recipe + LoRA r=16, alpha=16 on all block Linear layers."""
+    cfg = compose_train(tmp_path, f"experiment={experiment}")
+    base = compose_train(tmp_path, f"experiment={book}")
+    assert cfg.task.lora == {"r": 16, "alpha": 16, "dropout": 0.0, "targets": "all"}
+    assert base.task.lora.r is None
+    assert cfg.model.pretrained and cfg.model == base.model
+    assert (cfg.optimizer, cfg.data) == (base.optimizer, base.data)  # lr 5e-5, wd 0.1, batch 8
+    assert (cfg.trainer, cfg.seed, cfg.test_on) == (base.trainer, base.seed, base.test_on)
+
+
 def test_monitor_is_defined_once(tmp_path: Path) -> None:
     cfg = compose_train(tmp_path, "monitor=val/ppl")
     assert cfg.callbacks.model_checkpoint.monitor == cfg.callbacks.early_stopping.monitor == "val/ppl"
