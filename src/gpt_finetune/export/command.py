@@ -24,6 +24,7 @@ from gpt_finetune.errors import UserError, run_command
 from gpt_finetune.export.gguf_file import GgufDtype, check_gguf_exportable, write_gguf
 from gpt_finetune.export.hf import HfDtype, check_exportable, write_hf
 from gpt_finetune.export.modelfile import GGUF_NAME, modelfile, ollama_commands
+from gpt_finetune.export.peft_adapter import ADAPTER_DIR, write_peft_adapter
 from gpt_finetune.serving.loading import UsableModel, load_model
 
 FORMATS: dict[str, tuple[str, ...]] = {
@@ -41,13 +42,24 @@ def main(cfg: DictConfig) -> Path:
 def export(cfg: DictConfig) -> Path:
     """Write `cfg.out` in `cfg.format` (and upload it with `push_to_hub`); return the directory."""
     fmt, dtype, out = check_settings(cfg)
+    merge = bool(cfg.merge)
     usable = load_model(
-        cfg.run_dir, cfg.ckpt_path, model=plain_dict(cfg.model), prompt_style=cfg.prompt_style, device="cpu"
+        cfg.run_dir,
+        cfg.ckpt_path,
+        model=plain_dict(cfg.model),
+        prompt_style=cfg.prompt_style,
+        device="cpu",
+        merge=merge,
     )
     (check_exportable if fmt == "hf" else check_gguf_exportable)(usable)
+    if not merge:
+        check_adapters_exportable(usable)
     with built_directory(out) as folder:
         if fmt == "hf":
-            write_hf(usable, folder, cast(HfDtype, dtype), location=cfg.push_to_hub or str(out))
+            location = cfg.push_to_hub or str(out)
+            write_hf(usable, folder, cast(HfDtype, dtype), location=location)
+            if not merge:
+                write_peft_adapter(usable, folder / ADAPTER_DIR, base_model=location)
         else:
             logging.getLogger("gguf").setLevel(logging.WARNING)  # its INFO lines name the temporary folder
             write_gguf(usable, folder / GGUF_NAME, cast(GgufDtype, dtype))
@@ -68,6 +80,8 @@ def check_settings(cfg: DictConfig) -> tuple[str, str, Path]:
     dtype = str(cfg.dtype) if cfg.dtype is not None else (dtypes[0] if dtypes else "")
     if dtypes and dtype not in dtypes:
         problems.append(f"dtype={dtype} is not one of {' | '.join(dtypes)} for format={fmt}")
+    if not cfg.merge and fmt != "hf":
+        problems.append("merge=false writes PEFT adapters beside a format=hf export; set format=hf")
     if cfg.push_to_hub is not None and fmt != "hf":
         problems.append("push_to_hub uploads format=hf directories only; drop push_to_hub or set format=hf")
     if cfg.push_to_hub is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", str(cfg.push_to_hub)):
@@ -104,10 +118,20 @@ def built_directory(out: Path) -> Iterator[Path]:
         raise
 
 
+def check_adapters_exportable(usable: UsableModel) -> None:
+    """`merge=false` needs a LoRA instruction run: its adapters become a PEFT adapter directory."""
+    if usable.lora.get("r") is None:
+        raise UserError("merge=false exports LoRA adapters, and this run has none (task.lora.r was null)")
+    if usable.kind == "classify":
+        raise UserError(
+            "merge=false exports instruction runs' adapters; export a classification run merged (merge=true)"
+        )
+
+
 def report(usable: UsableModel, fmt: str, dtype: str, out: Path) -> None:
     """Print what was written and, for GGUF, the two lines that run it with ollama."""
-    files = [p for p in sorted(out.iterdir()) if p.is_file()]
-    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in files)
+    files = [p for p in sorted(out.rglob("*")) if p.is_file()]
+    sizes = ", ".join(f"{p.relative_to(out)} {p.stat().st_size / 1e6:.1f} MB" for p in files)
     print(f"wrote {out} ({fmt}, {dtype}): {sizes}")
     if fmt == "gguf":
         print("run it with ollama:")

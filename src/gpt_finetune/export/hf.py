@@ -91,12 +91,15 @@ def backbone_tensors(usable: UsableModel) -> dict[str, torch.Tensor]:
     """The network's tensors in float32 with Hugging Face's names and Conv1D (in, out) layout.
 
     A tied head is left out (Hugging Face ties it again); a classifier's head is left out (see
-    `fold_head_bias`); a network built without QKV biases gets zero ones, which GPT-2 always has.
+    `fold_head_bias`); a network built without QKV biases gets zero ones, which GPT-2 always has. LoRA
+    adapters still apart (`merge=false`) are left out too: this is their base, `peft_adapter` writes them.
     """
     gpt = usable.gpt
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in gpt.state_dict().items():
         if name.startswith("lm_head.") and (usable.kind == "classify" or gpt.config.tie_embeddings):
+            continue
+        if ".lora_" in name:
             continue
         tensor = tensor.detach().to("cpu", torch.float32)
         tensors[name] = (tensor.t() if name.endswith(CONV1D_SUFFIXES) else tensor).contiguous().clone()

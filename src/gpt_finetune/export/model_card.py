@@ -37,6 +37,9 @@ def recipe(usable: UsableModel) -> list[tuple[str, str]]:
         ("epochs", f"{epochs}" + (f" ({steps} steps)" if steps is not None else "")),
         ("precision", str(trainer.get("precision", "?"))),
     ]
+    lora = usable.lora
+    if lora.get("r") is not None:
+        rows.append(("LoRA", f"r={lora['r']}, alpha={lora.get('alpha')}, targets {lora.get('targets')}"))
     return rows
 
 
