@@ -1,7 +1,7 @@
 """Serving throughput: the batching server vs. one request at a time (`max_batch_size=1`), same clients.
 
     python -m gpt_finetune.benchmarks.serving [--size gpt2-small] [--clients 16] [--requests 2] \
-        [--new-tokens 16] [--max-batch-size 16] [--batch-wait-ms 10] [--data FILE | sample]
+        [--new-tokens 16] [--max-batch-size 16] [--batch-wait-ms 50] [--data FILE | sample]
 
 Random weights; each of `--clients` concurrent clients sends `--requests` greedy chat requests, one after
 another, to a server on loopback (in this process, uvicorn in a thread). Prompts come from `--data`.
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=2, help="requests per client, sent one after another")
     parser.add_argument("--new-tokens", type=int, default=16, help="max_tokens of each request")
     parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--batch-wait-ms", type=float, default=10.0, help="serve.py's batch_wait_ms")
+    parser.add_argument("--batch-wait-ms", type=float, default=50.0, help="serve.py's batch_wait_ms")
     add_data_argument(parser)
     args = parser.parse_args(argv)
 

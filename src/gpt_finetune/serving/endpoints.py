@@ -36,7 +36,7 @@ class ServerSettings:
     """What `serve.yaml` sets besides the model: batching, limits, the key, request defaults."""
 
     max_batch_size: int = 16
-    batch_wait_ms: float = 0.0  # serve.yaml's default is 10; 0 here keeps tests and benchmarks explicit
+    batch_wait_ms: float = 0.0  # serve.yaml's default is 50; 0 here keeps tests and benchmarks explicit
     max_body_bytes: int = 1_000_000
     api_key: str | None = None
     max_new_tokens: int = 256
