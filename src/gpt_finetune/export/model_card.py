@@ -21,8 +21,10 @@ def base_model(spec: dict[str, Any]) -> str:
 def recipe(usable: UsableModel) -> list[tuple[str, str]]:
     """(setting, value) rows from the run's config.yaml and metrics.json; empty for a base model."""
     config, metrics = usable.config, usable.metrics
+    lora = usable.lora
+    adapters = [("LoRA", f"r={lora.get('r')}, alpha={lora.get('alpha')}, targets {lora.get('targets')}")]
     if not config and not usable.data:
-        return []
+        return adapters if lora.get("r") is not None else []
     data = config.get("data") or usable.data
     trainer, optimizer = config.get("trainer", {}), config.get("optimizer", {})
     task = "classification" if usable.kind == "classify" else f"instruction tuning ({usable.prompt_style})"
@@ -37,10 +39,7 @@ def recipe(usable: UsableModel) -> list[tuple[str, str]]:
         ("epochs", f"{epochs}" + (f" ({steps} steps)" if steps is not None else "")),
         ("precision", str(trainer.get("precision", "?"))),
     ]
-    lora = usable.lora
-    if lora.get("r") is not None:
-        rows.append(("LoRA", f"r={lora['r']}, alpha={lora.get('alpha')}, targets {lora.get('targets')}"))
-    return rows
+    return rows + adapters if lora.get("r") is not None else rows
 
 
 def results(metrics: dict[str, Any]) -> list[tuple[str, str]]:
