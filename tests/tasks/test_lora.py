@@ -157,6 +157,14 @@ def test_a_random_init_base_is_refused() -> None:
         InstructionTuning({"size": "tiny", "pretrained": False}, lora={"r": 4})
 
 
+def test_a_lora_checkpoint_whose_base_is_gone_says_why(tmp_path: Path) -> None:
+    task = InstructionTuning(tiny_base(tmp_path), lora={"r": 4})
+    path = checkpoint_of(task, tmp_path / "lora.ckpt")
+    (tmp_path / "base" / "model.safetensors").unlink()
+    with pytest.raises(UserError, match=r"holds only the adapters: its frozen base must load from"):
+        load_finetuned(path)
+
+
 def test_a_checkpoint_without_the_adapters_is_refused(tmp_path: Path) -> None:
     task = InstructionTuning(tiny_base(tmp_path), lora={"r": 4})
     checkpoint = {"state_dict": {}, "hyper_parameters": dict(task.hparams)}

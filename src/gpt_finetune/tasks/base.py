@@ -53,7 +53,15 @@ class FinetuneTask(L.LightningModule):
         self.save_hyperparameters(
             {**self.hparams, "optimizer": asdict(settings), "lora": asdict(self.lora)}
         )  # ... with `optimizer` and `lora` whole
-        self.model = build_gpt(**model)
+        try:
+            self.model = build_gpt(**model)
+        except UserError as error:
+            if not self.lora.enabled:
+                raise
+            raise UserError(
+                f"{error} (a LoRA checkpoint holds only the adapters: its frozen base must load from "
+                f"model.weights={model.get('weights')} or the Hub as when it trained)"
+            ) from error
 
     def add_adapters(self, *trainable: torch.nn.Module) -> None:
         """With `task.lora`: freeze the backbone, add adapters, and keep `trainable` (a new head) training.
