@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from gpt_finetune.benchmarks import data_file, generation, lora, matrix, training
+from gpt_finetune.benchmarks import data_file, generation, lora, matrix, serving, training
 from gpt_finetune.benchmarks.data_file import data_path
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = [{"instruction": f"Repeat {i}.", "input": "", "output": f"{i}"} for i in range(20)]
 # What each benchmark would start with once its data is read: must never run on bad --data.
-WORK = {generation: "GPT", training: "run_rows", matrix: "run_reference", lora: "run_pair"}
-ARGV = {generation: [], training: [], matrix: ["--accelerator", "cpu"], lora: []}
+WORK = {generation: "GPT", training: "run_rows", matrix: "run_reference", lora: "run_pair", serving: "GPT"}
+ARGV = {generation: [], training: [], matrix: ["--accelerator", "cpu"], lora: [], serving: []}
 
 
 def no_work(*args: Any, **kwargs: Any) -> None:
