@@ -154,6 +154,16 @@ def quiet_trainer() -> Callable[..., L.Trainer]:
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-init GPT saved with `save_pretrained` (seed 0): a base for LoRA (`model.weights=DIR`),
+    which refuses a random-init base. Read-only."""
+    path = tmp_path_factory.mktemp("base") / "tiny"
+    torch.manual_seed(0)
+    GPT(GPTConfig.from_size("tiny")).save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def tiny_config() -> GPTConfig:
     return GPTConfig.from_size("tiny", context_length=64)

@@ -10,7 +10,6 @@ import torch
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gpt_finetune.model import GPT, GPTConfig
 from gpt_finetune.tasks.adapters import trainable_counts
 from gpt_finetune.tasks.instruct import InstructionTuning
 
@@ -22,15 +21,6 @@ SHORT = (
     "generate.enabled=false",
     "callbacks.validation_samples=null",
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved tiny base (LoRA needs a base that loads again)."""
-    path = tmp_path_factory.mktemp("base") / "tiny"
-    torch.manual_seed(0)
-    GPT(GPTConfig.from_size("tiny")).save_pretrained(path)
-    return path
 
 
 def train_losses(run_dir: Path) -> list[float]:

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt_finetune.model import GPT, GPTConfig
-
 ROOT = Path(__file__).resolve().parents[2]
 RUN = (
     "experiment=quickstart",
@@ -53,15 +51,6 @@ def outcome(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     weights = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return weights, {k: metrics[k] for k in ("global_step", "best_val/loss", "test/loss")}
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved tiny base for the LoRA case (LoRA needs a base that loads again)."""
-    path = tmp_path_factory.mktemp("base") / "tiny"
-    torch.manual_seed(0)
-    GPT(GPTConfig.from_size("tiny")).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
