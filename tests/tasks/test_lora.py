@@ -111,11 +111,19 @@ def test_an_instruction_task_trains_only_adapters(tmp_path: Path) -> None:
     assert task.hparams.lora == {"r": 4, "alpha": 16.0, "dropout": 0.0, "targets": "all"}
 
 
-def test_a_classifier_trains_adapters_and_its_new_head(tmp_path: Path) -> None:
-    task = Classification(tiny_base(tmp_path), labels=["ham", "spam"], trainable="last_block", lora={"r": 4})
-    trained = {n for n, p in task.named_parameters() if p.requires_grad}
+def test_a_classifier_trains_adapters_and_in_full_what_trainable_names(tmp_path: Path) -> None:
+    spec = tiny_base(tmp_path)
+    head = Classification(spec, labels=["ham", "spam"], trainable="head", lora={"r": 4})
+    trained = {n for n, p in head.named_parameters() if p.requires_grad}
     assert {"model.lm_head.weight", "model.lm_head.bias"} <= trained
     assert all(".lora_" in n or n.startswith("model.lm_head") for n in trained)
+    block = Classification(spec, labels=["ham", "spam"], trainable="last_block", lora={"r": 4})
+    trained = {n for n, p in block.named_parameters() if p.requires_grad}
+    last = f"model.transformer.h.{block.model.config.n_layers - 1}."
+    assert f"{last}mlp.c_fc.weight" in trained and "model.transformer.ln_f.weight" in trained
+    assert not any(n.startswith("model.transformer.h.0.") and ".lora_" not in n for n in trained)
+    with pytest.raises(UserError, match=r"task\.trainable=all trains every weight"):
+        Classification(spec, labels=["ham", "spam"], trainable="all", lora={"r": 4})
 
 
 def checkpoint_of(task: InstructionTuning | Classification, path: Path) -> Path:

@@ -62,17 +62,18 @@ class GPTConfig:
     def with_(self, **changes: Any) -> GPTConfig:
         return replace(self, **changes)
 
-    def training_flops(self, rows: int, width: int) -> int:
+    def training_flops(self, rows: int, width: int, frozen: bool = False, adapters: int = 0) -> int:
         """Model FLOPs of one forward + backward pass over a `rows` x `width` batch (the MFU numerator).
 
         6 per matmul parameter per token (the blocks, final norm and LM head at every position; embedding
         lookups are free) plus QK^T and AV, 12 * layers * emb_dim * width per token, counted without the
-        causal mask's savings as Megatron and PaLM do.
+        causal mask's savings as Megatron and PaLM do. A `frozen` base (LoRA) computes no weight gradients:
+        4 per parameter per token, plus 6 per parameter of its `adapters`.
         """
         c, layers = self.emb_dim, self.n_layers
         matmul = layers * (12 * c * c + 13 * c) + 2 * c + self.vocab_size * c
         attention = 12 * layers * c * width
-        return rows * width * (6 * matmul + attention)
+        return rows * width * ((4 if frozen else 6) * matmul + 6 * adapters + attention)
 
     def to_hf(self) -> dict[str, Any]:
         """The Hugging Face `GPT2Config` dictionary for this shape."""

@@ -63,7 +63,7 @@ class FinetuneTask(L.LightningModule):
                 f"model.weights={model.get('weights')} or the Hub as when it trained)"
             ) from error
 
-    def add_adapters(self, *trainable: torch.nn.Module) -> None:
+    def add_adapters(self, *trainable: torch.nn.Parameter) -> None:
         """With `task.lora`: freeze the backbone, add adapters, and keep `trainable` (a new head) training.
 
         Tasks call this at the end of `__init__`, once their head is in place.
@@ -71,8 +71,8 @@ class FinetuneTask(L.LightningModule):
         if not self.lora.enabled:
             return
         add_lora(self.model, self.lora)
-        for module in trainable:
-            module.requires_grad_(True)
+        for param in trainable:
+            param.requires_grad_(True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.lora.enabled:  # adapters and head only: megabytes, where the frozen base is gigabytes

@@ -78,7 +78,13 @@ class Classification(FinetuneTask):
         self.labels = [str(name) for name in labels]
         self.model.lm_head = nn.Linear(self.model.config.emb_dim, len(self.labels))  # book: `out_head`
         set_trainable(self.model, trainable)
-        self.add_adapters(self.model.lm_head)  # with task.lora: adapters + the new head train
+        if self.lora.enabled and trainable == "all":
+            raise UserError(
+                "task.trainable=all trains every weight, so task.lora would add nothing; with LoRA use "
+                "task.trainable=head (adapters + head), last_block or last_two_blocks (those in full too)"
+            )
+        # With task.lora: the adapters train, and in full what `trainable` names (the head at least).
+        self.add_adapters(*(p for p in self.model.parameters() if p.requires_grad))
         self.train_metrics = split_metrics(len(self.labels), "train")
         self.val_metrics = split_metrics(len(self.labels), "val")
         self.test_metrics = split_metrics(len(self.labels), "test")

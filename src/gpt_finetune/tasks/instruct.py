@@ -108,4 +108,7 @@ class InstructionTuning(FinetuneTask):
     @property
     def flops_per_batch(self) -> int:
         """Model FLOPs of the last training batch, forward + backward (ThroughputMonitor's MFU reads it)."""
-        return self.model.config.training_flops(*self._batch_shape)
+        if not self.lora.enabled:
+            return self.model.config.training_flops(*self._batch_shape)
+        adapters = sum(p.numel() for name, p in self.model.named_parameters() if ".lora_" in name)
+        return self.model.config.training_flops(*self._batch_shape, frozen=True, adapters=adapters)
