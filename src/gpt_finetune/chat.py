@@ -263,7 +263,9 @@ def chat(cfg: DictConfig) -> None:
     """Load the model `cfg` names, then answer `cfg.prompt` once or converse line by line."""
     settings = Settings.from_config(cfg.generate)
     spec = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))  # the base model
-    model = load_model(cfg.run_dir, cfg.ckpt_path, spec, cfg.prompt_style, cfg.device)
+    model = load_model(
+        cfg.run_dir, cfg.ckpt_path, spec, cfg.prompt_style, cfg.device, base_weights=cfg.base_weights
+    )
     if cfg.prompt is not None and not str(cfg.prompt).strip():
         raise UserError('prompt is empty; pass a text: prompt="..." (or leave it out to chat)')
     if model.kind == "classify":

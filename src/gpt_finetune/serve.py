@@ -54,6 +54,7 @@ def serve(cfg: DictConfig) -> None:
         cfg.ckpt_path,
         model=plain_dict(cfg.model),
         prompt_style=cfg.prompt_style,
+        base_weights=cfg.base_weights,
         device=cfg.device,
     )
     if cfg.model_name is not None:

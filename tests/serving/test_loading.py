@@ -100,3 +100,24 @@ def test_a_lora_run_loads_merged_unless_asked_not_to(tmp_path: Path) -> None:
     apart = load_model(ckpt_path=str(tmp_path / "lora.ckpt"), device="cpu", merge=False)
     assert len(list(adapted_layers(apart.gpt))) == 4 * apart.gpt.config.n_layers
     assert torch.equal(apart.gpt(tokens), expected)
+
+
+def test_a_lora_run_whose_base_moved_loads_with_base_weights(tmp_path: Path) -> None:
+    from gpt_finetune.errors import UserError as Error
+    from gpt_finetune.tasks.instruct import InstructionTuning
+
+    torch.manual_seed(0)
+    GPT(GPTConfig.from_size("tiny")).save_pretrained(tmp_path / "base")
+    spec = {"size": "tiny", "pretrained": False, "weights": str(tmp_path / "base")}
+    task = InstructionTuning(spec, lora={"r": 4})
+    checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}
+    task.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "lora.ckpt")
+    (tmp_path / "base").rename(tmp_path / "moved")
+    with pytest.raises(Error, match="base_weights=DIR"):
+        load_model(ckpt_path=str(tmp_path / "lora.ckpt"), device="cpu")
+    used = load_model(
+        ckpt_path=str(tmp_path / "lora.ckpt"), device="cpu", base_weights=str(tmp_path / "moved")
+    )
+    tokens = torch.tensor([[464, 3290, 318]])
+    assert torch.equal(used.gpt(tokens), task.model.eval()(tokens))

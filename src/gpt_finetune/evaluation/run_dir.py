@@ -71,7 +71,9 @@ def run_config(run_dir: Path) -> dict[str, Any]:
     return plain_dict(OmegaConf.load(path)) if path.is_file() else {}
 
 
-def load_finetuned(ckpt: Path, device: str | torch.device = "cpu") -> Finetuned:
+def load_finetuned(
+    ckpt: Path, device: str | torch.device = "cpu", base_weights: str | None = None
+) -> Finetuned:
     """The GPT in a Lightning instruction-tuning checkpoint, built from its saved spec without downloads."""
     from gpt_finetune.tasks.base import rebuild_spec
     from gpt_finetune.tasks.instruct import InstructionTuning
@@ -80,7 +82,7 @@ def load_finetuned(ckpt: Path, device: str | torch.device = "cpu") -> Finetuned:
     hparams = checkpoint.get("hyper_parameters", {})
     if "model" not in hparams or "prompt_style" not in hparams:
         raise UserError(f"{ckpt}: not an instruction-tuning checkpoint (no model spec and prompt style)")
-    task = InstructionTuning(**{**hparams, "model": rebuild_spec(hparams)})
+    task = InstructionTuning(**{**hparams, "model": rebuild_spec(hparams, base_weights)})
     task.on_load_checkpoint(checkpoint)  # a LoRA checkpoint: the frozen base filled in
     task.load_state_dict(checkpoint["state_dict"])
     model = task.model.to(device).eval()

@@ -48,6 +48,7 @@ def export(cfg: DictConfig) -> Path:
         cfg.ckpt_path,
         model=plain_dict(cfg.model),
         prompt_style=cfg.prompt_style,
+        base_weights=cfg.base_weights,
         device="cpu",
         merge=merge,
     )

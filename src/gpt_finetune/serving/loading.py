@@ -65,9 +65,14 @@ def checkpoint_kind(hparams: dict[str, Any], path: Path) -> Kind:
 
 
 def load_checkpoint(
-    path: Path, device: torch.device, run_dir: Path | None, style: str | None = None
+    path: Path,
+    device: torch.device,
+    run_dir: Path | None,
+    style: str | None = None,
+    base_weights: str | None = None,
 ) -> UsableModel:
-    """The model in a train.py checkpoint, built from its saved spec with no download."""
+    """The model in a train.py checkpoint, built from its saved spec with no download (a LoRA run's base
+    from its source, or `base_weights`)."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # truncated, not a checkpoint, or not weights-only: one line, no trace
@@ -89,7 +94,7 @@ def load_checkpoint(
         "config": run_config(folder) if folder is not None else {},
     }
     if kind == "classify":
-        classifier = load_classifier(path, device)
+        classifier = load_classifier(path, device, base_weights)
         return UsableModel(
             "classify",
             classifier.model,
@@ -98,17 +103,19 @@ def load_checkpoint(
             labels=list(classifier.labels),
             **common,
         )
-    finetuned = load_finetuned(path, device)
+    finetuned = load_finetuned(path, device, base_weights)
     return UsableModel("instruct", finetuned.model, style or finetuned.prompt_style, **common)
 
 
-def load_classifier(path: Path, device: str | torch.device = "cpu") -> Classification:
+def load_classifier(
+    path: Path, device: str | torch.device = "cpu", base_weights: str | None = None
+) -> Classification:
     """The classifier in `path`, built from its saved spec with no weight download (weights_only load)."""
     saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     hparams = saved.get("hyper_parameters", {})
     if "labels" not in hparams or "model" not in hparams:
         raise UserError(f"{path}: not a classification checkpoint (no labels); train with task=classify")
-    spec = rebuild_spec(hparams)
+    spec = rebuild_spec(hparams, base_weights)
     task = Classification.load_from_checkpoint(path, map_location=device, weights_only=True, model=spec)
     return task.eval()
 
@@ -120,14 +127,16 @@ def load_model(
     prompt_style: str | None = None,
     device: str | torch.device = "auto",
     merge: bool = True,
+    base_weights: str | None = None,
 ) -> UsableModel:
     """The model `run_dir` / `ckpt_path` / the base `model` spec names, on `device`, in eval mode.
 
     `prompt_style` (when given) overrides the checkpoint's; a base model uses it, or alpaca. A LoRA
     run's adapters are merged into its weights (one plain GPT-2, as fast as the base), unless `merge` is
     false (`export.py merge=false` writes them apart); `lora` holds the run's LoRA settings either way.
+    `base_weights` is where a LoRA run's frozen base is now, if it moved since training.
     """
-    used = _load(run_dir, ckpt_path, model, prompt_style, device)
+    used = _load(run_dir, ckpt_path, model, prompt_style, device, base_weights)
     if merge:
         merge_lora(used.gpt)
     return used
@@ -139,6 +148,7 @@ def _load(
     model: dict[str, Any] | None,
     prompt_style: str | None,
     device: str | torch.device,
+    base_weights: str | None = None,
 ) -> UsableModel:
     if prompt_style is not None:
         check_style(prompt_style)
@@ -150,7 +160,7 @@ def _load(
                 f"ckpt_path={ckpt_path}: no such checkpoint file; pass a .ckpt written by train.py"
             )
         folder = Path(run_dir).expanduser().resolve() if run_dir is not None else None
-        return load_checkpoint(path, target, folder, prompt_style)
+        return load_checkpoint(path, target, folder, prompt_style, base_weights)
     if run_dir is not None:
         folder = Path(run_dir).expanduser()
         if not folder.is_dir():
@@ -160,7 +170,7 @@ def _load(
             raise UserError(
                 f"run_dir={run_dir}: no checkpoints/*.ckpt; give the output folder of a train.py run"
             )
-        return load_checkpoint(found, target, folder.resolve(), prompt_style)
+        return load_checkpoint(found, target, folder.resolve(), prompt_style, base_weights)
     if model is None:
         raise UserError("give run_dir=RUN, ckpt_path=FILE.ckpt, or a base model (model=gpt2-medium)")
     gpt = build_gpt(**model).to(target).eval()

@@ -59,8 +59,9 @@ class FinetuneTask(L.LightningModule):
             if not self.lora.enabled:
                 raise
             raise UserError(
-                f"{error} (a LoRA checkpoint holds only the adapters: its frozen base must load from "
-                f"model.weights={model.get('weights')} or the Hub as when it trained)"
+                f"{error} (a LoRA checkpoint holds only the adapters: its frozen base loads from "
+                f"model.weights={model.get('weights')} or the Hub as when it trained; if the base moved, "
+                "chat.py, serve.py and export.py take base_weights=DIR)"
             ) from error
 
     def add_adapters(self, *trainable: torch.nn.Parameter) -> None:
@@ -128,10 +129,11 @@ class FinetuneTask(L.LightningModule):
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
 
-def rebuild_spec(hparams: dict[str, Any]) -> dict[str, Any]:
+def rebuild_spec(hparams: dict[str, Any], base_weights: str | None = None) -> dict[str, Any]:
     """The `model` spec that rebuilds a checkpoint's task: no download, the checkpoint has every weight —
-    except with LoRA, whose checkpoint holds the adapters only: then the base comes from the spec's source."""
+    except with LoRA, whose checkpoint holds the adapters only: then the base comes from the spec's source,
+    or from `base_weights` (a directory) when the base has moved since training."""
     spec = dict(hparams["model"])
     if (hparams.get("lora") or {}).get("r") is not None:
-        return spec
+        return {**spec, "weights": base_weights} if base_weights is not None else spec
     return {**spec, "pretrained": False, "weights": None}
