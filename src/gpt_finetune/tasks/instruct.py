@@ -108,7 +108,8 @@ class InstructionTuning(FinetuneTask):
     @property
     def flops_per_batch(self) -> int:
         """Model FLOPs of the last training batch, forward + backward (ThroughputMonitor's MFU reads it)."""
+        rows, width = self._batch_shape
         if not self.lora.enabled:
-            return self.model.config.training_flops(*self._batch_shape)
+            return self.model.config.training_flops(rows, width)
         adapters = sum(p.numel() for name, p in self.model.named_parameters() if ".lora_" in name)
-        return self.model.config.training_flops(*self._batch_shape, frozen=True, adapters=adapters)
+        return self.model.config.training_flops(rows, width, frozen=True, adapters=adapters)
