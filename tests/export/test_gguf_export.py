@@ -14,6 +14,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from hf_compat import DTYPE_ARG
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gpt_finetune.export.chat_template import chat_template
@@ -70,7 +71,9 @@ def test_transformers_loads_the_gguf_with_our_logits(
     usable: UsableModel, gguf_files: dict[str, Path], dtype: str, tolerance: float
 ) -> None:
     path = gguf_files[dtype]
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, **{DTYPE_ARG: torch.float32}
+    ).eval()
     assert not model.config.tie_word_embeddings  # our untied head travelled as output.weight
     ids = prompt_ids()
     with torch.no_grad():

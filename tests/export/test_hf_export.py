@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_compat import DTYPE_ARG
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -122,7 +123,7 @@ def test_half_precision_directories_store_that_dtype(
     write_hf(usable, tmp_path, dtype)  # type: ignore[arg-type]
     with safe_open(tmp_path / "model.safetensors", framework="pt") as weights:
         assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch_dtype}  # noqa: SIM118
-    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, **{DTYPE_ARG: "auto"})
     assert model.dtype == torch_dtype
     ids = torch.tensor([gpt2_tokenizer().encode(TEXT)])
     with torch.no_grad():

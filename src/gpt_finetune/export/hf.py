@@ -45,7 +45,8 @@ def write_hf(usable: UsableModel, directory: Path, dtype: HfDtype = "f32", locat
     check_exportable(usable)
     gpt = usable.gpt
     context = gpt.config.context_length
-    config: dict[str, Any] = {**gpt.config.to_hf(), "dtype": str(HF_DTYPES[dtype]).removeprefix("torch.")}
+    name = str(HF_DTYPES[dtype]).removeprefix("torch.")
+    config: dict[str, Any] = {**gpt.config.to_hf(), "dtype": name, "torch_dtype": name}  # new and old key
     tensors = backbone_tensors(usable)
     if usable.kind == "classify":
         assert usable.classifier is not None  # a classify UsableModel always carries its classifier
