@@ -5,8 +5,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from gpt_finetune.serve import main as serve_main
 from gpt_finetune.renames import refuse_renamed_keys
+from gpt_finetune.serve import main as serve_main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")

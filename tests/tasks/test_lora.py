@@ -169,7 +169,7 @@ def test_a_lora_checkpoint_whose_base_is_gone_says_why(tmp_path: Path) -> None:
     task = InstructionTuning(tiny_base(tmp_path), lora={"r": 4})
     path = checkpoint_of(task, tmp_path / "lora.ckpt")
     (tmp_path / "base" / "model.safetensors").unlink()
-    with pytest.raises(UserError, match=r"holds only the adapters: its frozen base loads from .*base_weights=DIR"):
+    with pytest.raises(UserError, match=r"holds only the adapters: its frozen base loads .*base_weights=DIR"):
         load_finetuned(path)
 
 
