@@ -15,15 +15,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, cast
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from gpt_finetune.config import register_resolvers
 from gpt_finetune.data.prompts import prompt_style
 from gpt_finetune.errors import UserError, run_command
 from gpt_finetune.serving.conversation import render_messages
-from gpt_finetune.serving.loading import UsableModel, load_model
+from gpt_finetune.serving.loading import UsableModel, load_configured
 from gpt_finetune.serving.streaming import TextStream
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
@@ -262,10 +262,7 @@ def converse(model: UsableModel, chat: Conversation | None, interactive: bool) -
 def chat(cfg: DictConfig) -> None:
     """Load the model `cfg` names, then answer `cfg.prompt` once or converse line by line."""
     settings = Settings.from_config(cfg.generate)
-    spec = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))  # the base model
-    model = load_model(
-        cfg.run_dir, cfg.ckpt_path, spec, cfg.prompt_style, cfg.device, base_weights=cfg.base_weights
-    )
+    model = load_configured(cfg)
     if cfg.prompt is not None and not str(cfg.prompt).strip():
         raise UserError('prompt is empty; pass a text: prompt="..." (or leave it out to chat)')
     if model.kind == "classify":

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 import uvicorn
 from omegaconf import DictConfig
 
-from gpt_finetune.config import plain_dict, register_resolvers
+from gpt_finetune.config import register_resolvers
 from gpt_finetune.errors import UserError, run_command
-from gpt_finetune.serving.loading import load_model
+from gpt_finetune.serving.loading import load_configured
 from gpt_finetune.serving.server import ServerSettings, bind, create_app, url_of
 
 
@@ -49,14 +49,7 @@ def serve(cfg: DictConfig) -> None:
     if cfg.batch_wait_ms < 0:
         raise UserError(f"batch_wait_ms={cfg.batch_wait_ms}; use 0 (start at once) or more")
     sock = bind(str(cfg.host), int(cfg.port))  # before the (slow) load: a taken port fails at once
-    usable = load_model(
-        cfg.run_dir,
-        cfg.ckpt_path,
-        model=plain_dict(cfg.model),
-        prompt_style=cfg.prompt_style,
-        base_weights=cfg.base_weights,
-        device=cfg.device,
-    )
+    usable = load_configured(cfg)
     if cfg.model_name is not None:
         usable.name = str(cfg.model_name)
     settings = ServerSettings(

@@ -19,13 +19,13 @@ from typing import cast
 from omegaconf import DictConfig
 
 from gpt_finetune.artifacts import write_text
-from gpt_finetune.config import plain_dict, register_resolvers
+from gpt_finetune.config import register_resolvers
 from gpt_finetune.errors import UserError, run_command
 from gpt_finetune.export.gguf_file import GgufDtype, check_gguf_exportable, write_gguf
 from gpt_finetune.export.hf import HfDtype, check_exportable, write_hf
 from gpt_finetune.export.modelfile import GGUF_NAME, modelfile, ollama_commands
 from gpt_finetune.export.peft_adapter import ADAPTER_DIR, write_peft_adapter
-from gpt_finetune.serving.loading import UsableModel, load_model
+from gpt_finetune.serving.loading import UsableModel, load_configured
 
 FORMATS: dict[str, tuple[str, ...]] = {
     "hf": ("f32", "f16", "bf16"),
@@ -43,15 +43,7 @@ def export(cfg: DictConfig) -> Path:
     """Write `cfg.out` in `cfg.format` (and upload it with `push_to_hub`); return the directory."""
     fmt, dtype, out = check_settings(cfg)
     merge = bool(cfg.merge)
-    usable = load_model(
-        cfg.run_dir,
-        cfg.ckpt_path,
-        model=plain_dict(cfg.model),
-        prompt_style=cfg.prompt_style,
-        base_weights=cfg.base_weights,
-        device="cpu",
-        merge=merge,
-    )
+    usable = load_configured(cfg, device="cpu", merge=merge)
     (check_exportable if fmt == "hf" else check_gguf_exportable)(usable)
     if not merge:
         check_adapters_exportable(usable)

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from omegaconf import DictConfig
 
+from gpt_finetune.config import plain_dict
 from gpt_finetune.data.prompts import prompt_style as check_style
 from gpt_finetune.devices import resolve_device
 from gpt_finetune.errors import UserError
@@ -140,6 +142,20 @@ def load_model(
     if merge:
         merge_lora(used.gpt)
     return used
+
+
+def load_configured(cfg: DictConfig, device: str | None = None, merge: bool = True) -> UsableModel:
+    """`load_model` with the keys chat.py, serve.py and export.py share: run_dir, ckpt_path, model,
+    prompt_style, base_weights and device (`device` overrides the config's)."""
+    return load_model(
+        cfg.run_dir,
+        cfg.ckpt_path,
+        model=plain_dict(cfg.model),
+        prompt_style=cfg.prompt_style,
+        device=device if device is not None else cfg.device,
+        merge=merge,
+        base_weights=cfg.base_weights,
+    )
 
 
 def _load(
