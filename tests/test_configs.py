@@ -22,6 +22,7 @@ from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from gpt_finetune.callbacks.checkpointing import StreamingCheckpointIO
 from gpt_finetune.data.classify_datamodule import ClassificationDataModule
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule
+from gpt_finetune.data.preference_datamodule import PreferenceDataModule
 from gpt_finetune.model.gpt import Block
 from gpt_finetune.tasks.instruct import InstructionTuning
 
@@ -145,7 +146,7 @@ def test_callbacks_and_loggers_instantiate(group: str, tmp_path: Path) -> None:
 def test_data_configs_instantiate(data: str, tmp_path: Path) -> None:
     cfg = compose_train(tmp_path, f"data={data}")
     datamodule = instantiate(cfg.data, _convert_="all")
-    assert isinstance(datamodule, (InstructionDataModule, ClassificationDataModule))
+    assert isinstance(datamodule, (InstructionDataModule, ClassificationDataModule, PreferenceDataModule))
 
 
 @pytest.mark.parametrize("model", choices("model"))
@@ -176,6 +177,28 @@ def test_book_recipe(tmp_path: Path) -> None:
     assert not cfg.data.mask_prompt and not cfg.data.shuffle_split
     assert (cfg.data.train_fraction, cfg.data.test_fraction) == (0.85, 0.10)
     assert cfg.callbacks.early_stopping is None
+
+
+def test_book_dpo_recipe(tmp_path: Path) -> None:
+    """The book's DPO notebook: beta 0.1, per-token mean logps, lr 5e-6, wd 0.01, batch 8, 1 epoch."""
+    cfg = compose_train(tmp_path, "experiment=book-ch07-dpo", "init_from=RUN")
+    assert cfg.task._target_.endswith(".PreferenceTuning") and cfg.data._target_.endswith(
+        ".PreferenceDataModule"
+    )
+    assert (cfg.task.beta, cfg.task.logprob_reduction, cfg.task.nll_weight, cfg.task.reference) == (
+        0.1,
+        "mean",
+        0.0,
+        "frozen",
+    )
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.data.batch_size, cfg.trainer.max_epochs) == (
+        5e-6,
+        0.01,
+        8,
+        1,
+    )
+    assert cfg.task.init_from == "RUN" and cfg.trainer.val_check_interval == 5
+    assert cfg.data.path.endswith("04_preference-tuning-with-dpo/instruction-data-with-preference.json")
 
 
 @pytest.mark.parametrize(("experiment", "book"), [("spam-lora", "spam"), ("book-ch07-lora", "book-ch07")])

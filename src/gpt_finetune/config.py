@@ -93,7 +93,7 @@ def check_config(cfg: DictConfig) -> None:
         problems.append(f"data.batch_size={cfg.data.batch_size} must be >= 1")
     if cfg.get("test_on", "best") not in ("best", "last"):
         problems.append(f"test_on={cfg.test_on} is not one of best, last")
-    mismatch = task_data_mismatch(cfg)
+    mismatch = task_data_mismatch(cfg) or pairs_mismatch(cfg)
     if mismatch is not None:
         problems.append(mismatch)
     if problems:
@@ -132,6 +132,52 @@ def task_data_mismatch(cfg: DictConfig) -> str | None:
         f"{data_choice} holds {found.name} data but {task_choice} needs {needed.name} data (data.{key}); "
         f"use {found.task} (or {found.recipe})"
     )
+
+
+def pairs_mismatch(cfg: DictConfig) -> str | None:
+    """Preference pairs go to task=dpo and only there (both read data.style, so the check above passes)."""
+    dpo = str(cfg.task.get("_target_", "")).endswith(".PreferenceTuning")
+    pairs = str(cfg.data.get("_target_", "")).endswith(".PreferenceDataModule")
+    if dpo and not pairs:
+        return (
+            f"{chosen('task', cfg)} trains on preference pairs but {chosen('data', cfg)} holds none; "
+            "use data=preferences"
+        )
+    if pairs and not dpo:
+        return (
+            f"{chosen('data', cfg)} holds preference pairs but {chosen('task', cfg)} does not train on them; "
+            "use task=dpo (or experiment=book-ch07-dpo)"
+        )
+    if cfg.get("init_from") is not None and not dpo:
+        return f"init_from={cfg.init_from} starts a preference-tuning run; use task=dpo data=preferences"
+    return None
+
+
+def apply_init_from(cfg: DictConfig) -> None:
+    """`init_from=RUN_DIR | FILE.ckpt`: the instruction run's tested checkpoint becomes `init_from`, its
+    model spec `model` (no download: the checkpoint has every weight) and its prompt style `data.style`."""
+    source = cfg.get("init_from")
+    if source is None:
+        return
+    from gpt_finetune.evaluation.run_dir import find_checkpoint  # evaluation imports this module
+
+    path = Path(str(source)).expanduser()
+    checkpoint = path if path.is_file() else find_checkpoint(path) if path.is_dir() else None
+    if checkpoint is None:
+        raise UserError(
+            f"init_from={source}: no such run dir or checkpoint; give the output folder of a train.py "
+            "instruction run (or its .ckpt)"
+        )
+    try:
+        hparams = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
+    except Exception:  # truncated, not a checkpoint: one line, no trace
+        raise UserError(f"init_from={source}: cannot read {checkpoint}; give a train.py run") from None
+    if "prompt_style" not in hparams or "model" not in hparams:
+        raise UserError(f"init_from={source}: {checkpoint} is not an instruction run's checkpoint")
+    cfg.model = {**hparams["model"], "pretrained": False, "weights": None}
+    cfg.data.style = hparams["prompt_style"]
+    cfg.init_from = str(checkpoint.resolve())
+    log.info("init_from: %s (prompt style %s)", checkpoint, hparams["prompt_style"])
 
 
 def chosen(group: str, cfg: DictConfig) -> str:

@@ -160,7 +160,7 @@ def obtain_responses(target: Target, cfg: DictConfig, config: dict[str, Any]) ->
         )
     device = resolve_device(cfg.device)
     finetuned = load_finetuned(ckpt, device)
-    records = test_records(finetuned.data, ckpt)
+    records = test_records(finetuned.data, ckpt, finetuned.pairs)
     settings = generation_settings(cfg.generate, config)
     log.info("generating %d test responses with %s (%s)", len(records), ckpt, settings)
     generated = generate_responses(

@@ -17,7 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_finetune.artifacts import write_json, write_text
 from gpt_finetune.callbacks.checkpointing import LastCheckpoint
-from gpt_finetune.config import check_config, check_fits, register_resolvers, resumed_config
+from gpt_finetune.config import (
+    apply_init_from,
+    check_config,
+    check_fits,
+    register_resolvers,
+    resumed_config,
+)
 from gpt_finetune.console import quiet_lightning
 from gpt_finetune.devices import peak_memory_gib
 from gpt_finetune.errors import UserError, run_command
@@ -46,6 +52,7 @@ def run(cfg: DictConfig) -> float:
     if cfg.get("resume") is not None:
         cfg = resumed_config(cfg)
     check_config(cfg)
+    apply_init_from(cfg)
     out = Path(cfg.output_dir)
     write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from gpt_finetune.artifacts import write_json
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule
+from gpt_finetune.data.preference_datamodule import PreferenceDataModule
 from gpt_finetune.errors import UserError
 from gpt_finetune.evaluation.responses import generate_responses
 from gpt_finetune.tasks.instruct import InstructionTuning
@@ -38,11 +39,13 @@ def sharded(trainer: L.Trainer) -> bool:
 
 def instruction_run(
     trainer: L.Trainer, pl_module: L.LightningModule
-) -> tuple[InstructionTuning, InstructionDataModule]:
-    """The instruction task and data these callbacks generate with (TestResponses.setup checks the task)."""
+) -> tuple[InstructionTuning, InstructionDataModule | PreferenceDataModule]:
+    """The instruction (or DPO) task and data these callbacks generate with (TestResponses.setup checks
+    the task); the data's `splits` hold records with instruction, input and output."""
     # Lightning sets `trainer.datamodule` for each fit and test; the Trainer class does not declare it.
     datamodule = getattr(trainer, "datamodule", None)
-    assert isinstance(pl_module, InstructionTuning) and isinstance(datamodule, InstructionDataModule)
+    assert isinstance(pl_module, InstructionTuning)
+    assert isinstance(datamodule, InstructionDataModule | PreferenceDataModule)
     return pl_module, datamodule
 
 

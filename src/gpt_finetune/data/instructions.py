@@ -15,39 +15,47 @@ FIELDS = ("instruction", "input", "output")
 SHAPE = '{"instruction": ..., "input": ..., "output": ...}'
 
 
-def load_records(source: str | Path, cache_dir: str | Path | None = None) -> list[Record]:
-    """Validated `{"instruction", "input", "output"}` records from a path or an http(s) URL."""
+def load_records(
+    source: str | Path,
+    cache_dir: str | Path | None = None,
+    fields: tuple[str, ...] = FIELDS,
+    shape: str = SHAPE,
+) -> list[Record]:
+    """Validated records from a path or an http(s) URL: `{"instruction", "input", "output"}`, or the
+    string `fields` (an optional `input`) of another kind of record, which looks like `shape`."""
     path = fetch(str(source), cache_dir) if is_url(str(source)) else Path(source).expanduser()
     if not path.is_file():
         raise UserError(
-            f"{source}: no such file; set data.path to a JSON or JSONL file of instruction records"
+            f"{source}: no such file; set data.path to a JSON or JSONL file of records like {shape}"
         )
-    raw = read_records(read_utf8(path, str(source)), str(source), SHAPE)
+    raw = read_records(read_utf8(path, str(source)), str(source), shape)
     if not raw:
-        raise UserError(f'{source}: no records; add at least one {{"instruction", "input", "output"}} record')
-    return [validate_record(item, where, str(source)) for item, where in raw]
+        raise UserError(f"{source}: no records; add at least one record like {shape}")
+    return [validate_record(item, where, str(source), fields, shape) for item, where in raw]
 
 
-def validate_record(item: Any, where: str, source: str) -> Record:
-    """The record with a missing or null `input` as ""; a one-line error names the record and the field."""
+def validate_record(
+    item: Any, where: str, source: str, fields: tuple[str, ...] = FIELDS, shape: str = SHAPE
+) -> Record:
+    """The record's `fields` with a missing or null `input` as ""; a one-line error names the record and
+    the field. Other keys are left out."""
     if not isinstance(item, dict):
         raise UserError(
-            f"{source}: {where} is {json_kind(item)}, not an object; write each record as {SHAPE}"
+            f"{source}: {where} is {json_kind(item)}, not an object; write each record as {shape}"
         )
-    record = {"input": "", **{field: item[field] for field in FIELDS if field in item}}
+    record = {"input": "", **{field: item[field] for field in fields if field in item}}
     if record["input"] is None:
         record["input"] = ""
-    for field in FIELDS:
+    required = " and ".join(field for field in fields if field != "input")
+    for field in fields:
         if field not in record:
-            raise UserError(
-                f"{source}: {where} has no {field!r} field; every record needs instruction and output"
-            )
+            raise UserError(f"{source}: {where} has no {field!r} field; every record needs {required}")
         if not isinstance(record[field], str):
             raise UserError(
                 f"{source}: {where} field {field!r} is {json_kind(record[field])}, not a string; "
                 "make it a string"
             )
-    return {field: record[field] for field in FIELDS}
+    return {field: record[field] for field in fields}
 
 
 def split_records(

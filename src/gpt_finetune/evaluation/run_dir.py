@@ -27,6 +27,7 @@ class Finetuned:
     prompt_style: str
     data: dict[str, Any]
     global_step: int
+    pairs: bool = False  # trained on preference pairs (DPO): `data` describes a PreferenceDataModule
 
 
 def locate(run_dir: str | None, ckpt_path: str | None) -> tuple[Path, Path | None]:
@@ -76,29 +77,36 @@ def load_finetuned(
 ) -> Finetuned:
     """The GPT in a Lightning instruction-tuning checkpoint, built from its saved spec without downloads."""
     from gpt_finetune.tasks.base import rebuild_spec
+    from gpt_finetune.tasks.dpo import PreferenceTuning, rebuild_hparams
     from gpt_finetune.tasks.instruct import InstructionTuning
 
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     hparams = checkpoint.get("hyper_parameters", {})
     if "model" not in hparams or "prompt_style" not in hparams:
         raise UserError(f"{ckpt}: not an instruction-tuning checkpoint (no model spec and prompt style)")
-    task = InstructionTuning(**{**hparams, "model": rebuild_spec(hparams, base_weights)})
+    if "beta" in hparams:  # a DPO run's policy
+        task: InstructionTuning = PreferenceTuning(**rebuild_hparams(hparams, base_weights))
+    else:
+        task = InstructionTuning(**{**hparams, "model": rebuild_spec(hparams, base_weights)})
     task.on_load_checkpoint(checkpoint)  # a LoRA checkpoint: the frozen base filled in
     task.load_state_dict(checkpoint["state_dict"])
     model = task.model.to(device).eval()
     data = checkpoint.get("datamodule_hyper_parameters", {})
-    return Finetuned(model, hparams["prompt_style"], dict(data), int(checkpoint.get("global_step", 0)))
+    step = int(checkpoint.get("global_step", 0))
+    return Finetuned(model, hparams["prompt_style"], dict(data), step, pairs="beta" in hparams)
 
 
-def test_records(data: dict[str, Any], source: Path) -> list[Record]:
-    """The test split the run was tested on, rebuilt from the data settings saved in its checkpoint."""
+def test_records(data: dict[str, Any], source: Path, pairs: bool = False) -> list[Record]:
+    """The test split the run was tested on, rebuilt from the data settings saved in its checkpoint
+    (preference pairs, their `output` the chosen response, when `pairs`)."""
     from gpt_finetune.data.instruct_datamodule import InstructionDataModule
+    from gpt_finetune.data.preference_datamodule import PreferenceDataModule
 
     if "path" not in data:
         raise UserError(
             f"{source}: the checkpoint does not record its data path; cannot rebuild the test split"
         )
-    datamodule = InstructionDataModule(**data)
+    datamodule = PreferenceDataModule(**data) if pairs else InstructionDataModule(**data)
     datamodule.prepare_data()
     datamodule.setup("test")
     return datamodule.splits["test"]

@@ -25,6 +25,16 @@ def optimizer_settings(optimizer: dict[str, Any] | None, renamed: dict[str, Any]
     return AdamWSettings(**{**(optimizer or {}), **renamed})
 
 
+def check_lora_base(lora: LoRASettings, model: dict[str, Any], init_from: str | None = None) -> None:
+    """LoRA settings that can run, on a base that loads again (from the Hub, a directory or `init_from`)."""
+    lora.check()
+    if lora.enabled and not (model.get("pretrained") or model.get("weights") or init_from):
+        raise UserError(
+            "task.lora needs a base that loads again (LoRA checkpoints hold only the adapters): "
+            "set model.pretrained=true or model.weights=DIR"
+        )
+
+
 class FinetuneTask(L.LightningModule):
     """A LightningModule around `self.model`, the GPT built from `model` (the `model/` config spec).
 
@@ -43,12 +53,7 @@ class FinetuneTask(L.LightningModule):
         super().__init__()
         settings = optimizer_settings(optimizer, renamed)
         self.lora = LoRASettings(**(lora or {}))
-        self.lora.check()  # before the backbone is built (or downloaded)
-        if self.lora.enabled and not (model.get("pretrained") or model.get("weights")):
-            raise UserError(
-                "task.lora needs a base that loads again (LoRA checkpoints hold only the adapters): "
-                "set model.pretrained=true or model.weights=DIR"
-            )
+        check_lora_base(self.lora, model)  # before the backbone is built (or downloaded)
         self.save_hyperparameters(ignore=list(renamed))  # the __init__ arguments of every class up the chain
         self.save_hyperparameters(
             {**self.hparams, "optimizer": asdict(settings), "lora": asdict(self.lora)}
