@@ -18,6 +18,7 @@ from gpt_finetune.tokenizer import gpt2_tokenizer
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ("model=tiny", "logger=none", "callbacks=none", "trainer=cpu", "trainer.max_epochs=1")
 RECORD = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
+PAIR = {"instruction": "Name a colour.", "input": "", "chosen": "Blue, thank you.", "rejected": "Blue."}
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,28 @@ CASES = {
     "max-length-over-context": Case(
         ("data=sample", "data.max_length=5000"),
         ("data.max_length=5000", "context 1024", "lower data.max_length"),
+    ),
+    "dpo-task-on-instruction-data": Case(
+        ("task=dpo", "data=sample"),
+        ("task=dpo trains on preference pairs but data=sample holds none", "use data=preferences"),
+    ),
+    "instruct-task-on-preference-pairs": Case(
+        ("data=preferences",),
+        ("data=preferences holds preference pairs but task=instruct does not train on them", "use task=dpo"),
+        data=json.dumps([PAIR]),
+    ),
+    "init-from-without-dpo": Case(
+        ("data=sample", "init_from={dir}"), ("init_from={dir} starts a preference-tuning run", "use task=dpo")
+    ),
+    "init-from-nowhere": Case(
+        ("task=dpo", "data=preferences", "init_from={dir}/nowhere"),
+        ("init_from={dir}/nowhere: no such run dir or checkpoint", "instruction run"),
+        data=json.dumps([PAIR]),
+    ),
+    "pair-without-rejected": Case(
+        ("task=dpo", "data=preferences"),
+        ("{dir}/records.json", "record 1 has no 'rejected' field", "instruction and chosen and rejected"),
+        data=json.dumps([PAIR, {"instruction": "a", "chosen": "b"}]),
     ),
     "instruct-task-on-classification-data": Case(
         ("data=sample_spam",),

@@ -19,9 +19,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from gpt_finetune.artifacts import write_json
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule
+from gpt_finetune.data.instructions import Record
 from gpt_finetune.data.preference_datamodule import PreferenceDataModule
 from gpt_finetune.errors import UserError
 from gpt_finetune.evaluation.responses import generate_responses
+from gpt_finetune.tasks.dpo import PreferenceTuning
 from gpt_finetune.tasks.instruct import InstructionTuning
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,22 @@ class GenerationOptions(TypedDict):
     seed: int | None
 
 
+def add_starting_responses(
+    task: PreferenceTuning,
+    records: list[Record],
+    responses: list[dict[str, object]],
+    options: GenerationOptions,
+) -> None:
+    """Each response's `reference_response`: what the model DPO started from answers (before / after)."""
+    with task.starting_model() as start:
+        if start is None:
+            return
+        log.info("generating %d test responses with the starting (reference) model", len(records))
+        before = generate_responses(start, records, task.hparams.prompt_style, **options)
+    for response, reference in zip(responses, before, strict=True):
+        response["reference_response"] = reference["model_response"]
+
+
 class TestResponses(L.Callback):
     """After testing (best weights loaded), write the test split's responses to test_responses.json."""
 
@@ -167,6 +185,8 @@ class TestResponses(L.Callback):
         )
         if responses is None or not trainer.is_global_zero:
             return
+        if isinstance(task, PreferenceTuning) and not sharded(trainer):
+            add_starting_responses(task, records, responses, options)
         write_json(self.output_dir / "test_responses.json", responses)
         trainer.callback_metrics["test/generation_s"] = torch.tensor(time.perf_counter() - started)
         stopped = sum(bool(r["stopped"]) for r in responses) / max(1, len(responses))

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+BEFORE_COLUMN = "Before (starting model)"
 RECORD_COLUMNS = (
     "#", "Instruction", "Input", "Expected", "Model response",
     "Exact match", "ROUGE-L F1", "Tokens", "Stopped",
@@ -64,9 +65,13 @@ def key_value_table(values: Mapping[str, Any], table_id: str) -> str:
 
 
 def records_table(data: ReportData) -> str:
-    """One row per record: instruction, input, expected, model response and its scores."""
+    """One row per record: instruction, input, expected, model response and its scores; a DPO run's
+    responses of its starting model (`reference_response`) before the model's, when it wrote them."""
     judged = {e["index"]: e for e in (data.judge or {}).get("records", [])}
     columns = (*RECORD_COLUMNS, JUDGE_COLUMN) if data.judge is not None else RECORD_COLUMNS
+    before = any("reference_response" in record for record in data.records)
+    if before:
+        columns = (*columns[:4], BEFORE_COLUMN, *columns[4:])
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     rows = []
     for i, (record, score) in enumerate(zip(data.records, data.scores, strict=True)):
@@ -74,6 +79,7 @@ def records_table(data: ReportData) -> str:
             record.get("instruction"),
             record.get("input"),
             record.get("output"),
+            *([record.get("reference_response")] if before else []),
             record.get("model_response"),
         ]
         numbers = [score["exact_match"], score["rouge_l_f1"], score["response_tokens"], score["stopped"]]

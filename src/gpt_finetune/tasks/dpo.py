@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -103,6 +106,27 @@ class PreferenceTuning(InstructionTuning):
     def reference_model(self) -> GPT | None:
         """The frozen copy of the starting weights (reference=frozen without LoRA), else None."""
         return self._frozen[0] if self._frozen else None
+
+    @contextmanager
+    def starting_model(self) -> Iterator[GPT | None]:
+        """The model DPO started from (the instruction model), for before / after comparisons: the frozen
+        copy, the policy with its adapters off, or `init_from` loaded again; None when none of these is."""
+        if self.reference_model is not None:
+            yield self.reference_model
+        elif self.lora.enabled:
+            training = self.model.training
+            self.model.eval()
+            try:
+                with adapters_disabled(self.model):
+                    yield self.model
+            finally:
+                self.model.train(training)
+        elif self.hparams.init_from is not None and Path(self.hparams.init_from).is_file():
+            from gpt_finetune.serving.loading import load_model  # serving imports the tasks
+
+            yield load_model(ckpt_path=self.hparams.init_from, device=self.device).gpt
+        else:
+            yield None
 
     def _apply(self, fn: Any, recurse: bool = True) -> PreferenceTuning:
         super()._apply(fn, recurse)
