@@ -95,8 +95,9 @@ class Judge:
             "api_key_env": api_key_env,
         }  # fmt: skip
 
-    def _chat(self, messages: list[Message], result: JudgedRecord) -> str | None:
-        """One reply, repeating transient failures `retries` times; None (and `result.error`) if none came."""
+    def ask(self, messages: list[Message], result: JudgedRecord) -> str | None:
+        """One reply, repeating transient failures `retries` times; None (and `result.error`) if none came.
+        A rejected request, or a server still unreachable after the retries, is a UserError."""
         for attempt in range(self.retries + 1):
             result.requests += 1
             try:
@@ -118,7 +119,7 @@ class Judge:
         result = JudgedRecord(index)
         messages: list[Message] = [{"role": "user", "content": prompt}]
         for asked in range(2):
-            reply = self._chat(messages, result)
+            reply = self.ask(messages, result)
             if reply is None:
                 return result
             result.replies.append(reply)

@@ -1,0 +1,1 @@
+"""Preference pairs made with a judge model (`make_preferences.py`): prompts, progress file, the two modes."""
