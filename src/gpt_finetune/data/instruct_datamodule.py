@@ -1,4 +1,4 @@
-"""The instruction-tuning DataModule: read, validate, split, tokenise once, collate."""
+"""The instruction-tuning DataModule: read, validate, split, tokenise once, pack (optionally), collate."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from torch.utils.data import DataLoader, Dataset
 from gpt_finetune.data.base import FinetuneDataModule
 from gpt_finetune.data.collate import collate_instructions
 from gpt_finetune.data.instructions import Record, load_records, split_records
+from gpt_finetune.data.packing import PackedRows, collate_packed, pack_records, padding_share, record_width
 from gpt_finetune.data.prompts import format_prompt, prompt_style
+from gpt_finetune.data.sampling import replicas
+from gpt_finetune.errors import UserError
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
 log = logging.getLogger(__name__)
@@ -37,8 +40,13 @@ class TokenizedInstructions(Dataset):
         return self.items[index]
 
 
-class InstructionDataModule(FinetuneDataModule[TokenizedInstructions]):
-    """Instruction records from a JSON / JSONL path or URL, split 85 / 10 / 5, batched for next-token loss."""
+class InstructionDataModule(FinetuneDataModule[TokenizedInstructions | PackedRows]):
+    """Instruction records from a JSON / JSONL path or URL, split 85 / 10 / 5, batched for next-token loss.
+
+    With `packing`, the train split is packed once into rows of up to `pack_length` tokens (default
+    `max_length`), each record attending only to itself; a batch is then `batch_size` rows. Validation and
+    test stay unpacked, so their losses compare with unpacked runs.
+    """
 
     def __init__(
         self,
@@ -57,21 +65,32 @@ class InstructionDataModule(FinetuneDataModule[TokenizedInstructions]):
         drop_last: bool = True,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        packing: bool = False,
+        pack_length: int | None = None,
     ) -> None:
         super().__init__()
         prompt_style(style)  # fail before any work on an unknown style
+        check_packing(packing, pack_length, max_length, group_by_length)
         self.save_hyperparameters()
         self.splits: dict[str, list[Record]] = {}
+
+    @property
+    def pack_length(self) -> int | None:
+        """Tokens a packed training row holds at most; None without packing."""
+        h = self.hparams
+        if not h.packing:
+            return None
+        return h.pack_length if h.pack_length is not None else h.max_length
 
     def build(self) -> None:
         h = self.hparams
         records = load_records(h.path, h.cache_dir)
         self.splits = split_records(records, h.train_fraction, h.test_fraction, h.shuffle_split, h.seed)
-        self.datasets = {name: TokenizedInstructions(part, h.style) for name, part in self.splits.items()}
+        tokenized = {name: TokenizedInstructions(part, h.style) for name, part in self.splits.items()}
         sizes = " / ".join(f"{len(part)} {name}" for name, part in self.splits.items())
         log.info("data: %s records from %s: %s", len(records), Path(str(h.path)).name, sizes)
         if h.max_length is not None:
-            long = sum(len(ids) > h.max_length for ds in self.datasets.values() for ids, _ in ds.items)
+            long = sum(len(ids) > h.max_length for ds in tokenized.values() for ids, _ in ds.items)
             if long:
                 log.warning(
                     "data: %d of %d records are longer than max_length=%d tokens and are truncated",
@@ -79,8 +98,43 @@ class InstructionDataModule(FinetuneDataModule[TokenizedInstructions]):
                     len(records),
                     h.max_length,
                 )
+        self.datasets = {**tokenized, **({"train": self.packed(tokenized["train"])} if h.packing else {})}
 
-    def collate(self, batch: list[tuple[list[int], int]]) -> dict[str, Any]:
+    def packed(self, train: TokenizedInstructions) -> PackedRows:
+        """The train split packed into rows of up to `pack_length` tokens (the same rows for a seed)."""
+        h, row_length = self.hparams, self.pack_length
+        assert row_length is not None  # check_packing: packing has a pack_length or a max_length
+        widths = [record_width(len(ids), h.max_length) for ids, _ in train.items]
+        longest = max(widths, default=0)
+        if longest > row_length:
+            raise UserError(
+                f"data.pack_length={row_length} is shorter than the longest training record ({longest} "
+                f"tokens, after data.max_length={h.max_length}); raise data.pack_length or lower "
+                "data.max_length"
+            )
+        rows = pack_records(widths, row_length, h.seed)
+        world, _ = replicas(self.trainer)
+        if h.drop_last and len(rows) < h.batch_size * world:
+            processes = f" x {world} processes" if world > 1 else ""
+            raise UserError(
+                f"data.packing=true packs the {len(widths)} train records into {len(rows)} rows of up to "
+                f"{row_length} tokens, less than one batch of data.batch_size={h.batch_size} rows{processes} "
+                "(data.drop_last=true drops it); lower data.batch_size or data.pack_length"
+            )
+        log.info(
+            "data: packed %d train records into %d rows of up to %d tokens (%.1f %% padding)",
+            len(widths),
+            len(rows),
+            row_length,
+            100 * padding_share(rows, widths, row_length),
+        )
+        return PackedRows(train.items, rows)
+
+    def collate(self, batch: list[Any]) -> dict[str, Any]:
+        if isinstance(batch[0], list):  # packed rows (PackedRows items), from the train split
+            return collate_packed(
+                batch, max_length=self.hparams.max_length, mask_prompt=self.hparams.mask_prompt
+            )
         sequences, prompt_lengths = zip(*batch, strict=True)
         return collate_instructions(
             sequences,
@@ -90,5 +144,26 @@ class InstructionDataModule(FinetuneDataModule[TokenizedInstructions]):
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
-        lengths = [len(ids) for ids, _ in self.datasets["train"].items]
+        train = self.datasets["train"]
+        if isinstance(train, PackedRows):
+            lengths = [sum(len(ids) for ids, _ in train[i]) for i in range(len(train))]
+        else:
+            lengths = [len(ids) for ids, _ in train.items]
         return self.train_loader(lengths, shuffle=h.shuffle, group_by_length=h.group_by_length)
+
+
+def check_packing(
+    packing: bool, pack_length: int | None, max_length: int | None, group_by_length: bool
+) -> None:
+    """Packing settings that cannot run, all in one line."""
+    if not packing:
+        return
+    problems = []
+    if group_by_length:
+        problems.append("data.packing=true already fills rows; set data.group_by_length=false")
+    if pack_length is None and max_length is None:
+        problems.append("data.packing=true needs a row length: set data.pack_length or data.max_length")
+    if pack_length is not None and pack_length < 1:
+        problems.append(f"data.pack_length={pack_length} must be >= 1 (or null = data.max_length)")
+    if problems:
+        raise UserError("; ".join(problems))
