@@ -1,5 +1,5 @@
 """Resume is exact (bit-identical weights and metrics on CPU) after an interruption in a later epoch,
-mid-epoch, with dropout, length grouping and gradient accumulation, whatever the signal."""
+mid-epoch, with dropout, length grouping, packing and gradient accumulation, whatever the signal."""
 
 from __future__ import annotations
 
@@ -34,6 +34,14 @@ CASES = {
     # Stopped after batch 8 of 12, 3 micro-batches past the step at batch 5: those are trained on again.
     "sigterm-mid-accumulation": ((*GROUPED, "trainer.accumulate_grad_batches=5"), 1, 7, "SIGTERM", 4),
     "sigint-mid-accumulation": ((*GROUPED, "trainer.accumulate_grad_batches=5"), 1, 7, "SIGINT", 4),
+    # Packing: 50 rows of 128 tokens in batches of 4, 12 batches an epoch as above; the rows' order resumes.
+    "packing-sigkill-2nd-epoch-accumulated": (
+        ("data.packing=true", "data.batch_size=4", "trainer.accumulate_grad_batches=2"),
+        1,
+        9,
+        "SIGKILL",
+        10,
+    ),
     # LoRA: last.ckpt holds the adapters and their optimizer state only; the frozen base comes back from
     # model.weights on resume. Dropout on the adapters' input draws from the restored random stream too.
     "lora-sigkill-2nd-epoch-mid-epoch": (

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric
 
+from gpt_finetune.errors import UserError
 from gpt_finetune.tasks.base import FinetuneTask, Stage
-from gpt_finetune.tasks.loss import masked_lm_loss_sum
+from gpt_finetune.tasks.loss import PACKING_KEYS, masked_lm_loss_sum
 
 
 class InstructionTuning(FinetuneTask):
@@ -40,9 +41,24 @@ class InstructionTuning(FinetuneTask):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)
 
+    def setup(self, stage: str) -> None:
+        """A packed row must fit the model's context (the data's max_length is checked before fitting)."""
+        # Lightning sets `trainer.datamodule` for each fit and test; the Trainer class does not declare it.
+        pack_length = getattr(getattr(self.trainer, "datamodule", None), "pack_length", None)
+        context = self.model.config.context_length
+        if pack_length is not None and pack_length > context:
+            raise UserError(
+                f"data.pack_length={pack_length} exceeds model context {context}; lower data.pack_length"
+            )
+
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: Stage) -> torch.Tensor:
+        packing = {key: batch[key] for key in PACKING_KEYS if key in batch}  # a packed batch's layout
         loss_sum, count = self.loss_fn(
-            self.model, batch["input_ids"], batch["targets"], head_on_targets_only=self.head_on_targets_only
+            self.model,
+            batch["input_ids"],
+            batch["targets"],
+            head_on_targets_only=self.head_on_targets_only,
+            **packing,
         )
         if stage != "train":
             # Token-weighted mean over the whole split, not a mean of per-batch means.
