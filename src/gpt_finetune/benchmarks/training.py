@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from gpt_finetune.benchmarks.data_file import add_data_argument, read_data
 from gpt_finetune.data.collate import IGNORE_INDEX, collate_instructions
+from gpt_finetune.data.packing import collate_packed, pack_records, record_width
 from gpt_finetune.data.prompts import format_example
 from gpt_finetune.devices import peak_rss_gib
 from gpt_finetune.tokenizer import gpt2_tokenizer
@@ -39,12 +40,14 @@ TRAIN_FRACTION = 0.85
 
 @dataclass(frozen=True)
 class Row:
-    """One benchmark configuration."""
+    """One benchmark configuration; `pack_length`: packed rows of that many tokens, `batch_size` of them."""
 
     name: str
     ours: bool
     grouped: bool = False
     bf16: bool = False
+    pack_length: int | None = None
+    batch_size: int | None = None  # None: --batch-size
 
 
 ROWS = (
@@ -93,6 +96,39 @@ def grouped_batches(
     return [collate_instructions([seqs[i] for i in g], max_length=1024) for g in picked]
 
 
+def packed_batches(
+    seqs: list[list[int]], pack_length: int, batch_size: int, seed: int, n: int
+) -> list[dict[str, torch.Tensor]]:
+    """`data.packing=true`'s batches: the records packed once into rows of up to `pack_length` tokens,
+    the rows in a seeded shuffled order, `batch_size` rows a batch; the first `n` batches."""
+    rows = pack_records([record_width(len(s), 1024) for s in seqs], pack_length, seed)
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    batches = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    return [
+        collate_packed([[(seqs[i], 0) for i in rows[r]] for r in b], max_length=1024) for b in batches[:n]
+    ]
+
+
+def row_batches(row: Row, seqs: list[list[int]], settings: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    """The row's `warmup + steps` batches (a small data set is repeated)."""
+    n, seed = settings["warmup"] + settings["steps"], settings["seed"]
+    bs = row.batch_size or settings["batch_size"]
+    if row.pack_length is not None:
+        batches = packed_batches(seqs, row.pack_length, bs, seed, n)
+    elif row.grouped:
+        batches = grouped_batches(seqs, bs, seed, n, settings["mega_batches"])
+    else:
+        batches = book_batches(seqs, bs, seed, n)
+    return [batches[i % len(batches)] for i in range(n)]
+
+
+def batch_records(batch: dict[str, torch.Tensor]) -> int:
+    """Records in a batch: its rows, or in a packed batch the documents of its rows."""
+    if "document_ids" not in batch:
+        return batch["input_ids"].shape[0]
+    return int((batch["document_ids"].max(dim=1).values + 1).sum())
+
+
 def make_model(row: Row, dropout: float) -> tuple[torch.nn.Module, torch.optim.Optimizer, str]:
     """Model in train mode, its AdamW(lr=5e-5, weight_decay=0.1), and a description of both.
 
@@ -120,28 +156,23 @@ def make_model(row: Row, dropout: float) -> tuple[torch.nn.Module, torch.optim.O
 def row_worker(row: Row, settings: dict[str, Any], seqs: list[list[int]], conn: Connection) -> None:
     """In a fresh process: build the row, run the warm-up, then one timed step per request from `conn`.
 
-    Sends the row's description, then (seconds, loss, target tokens, padded tokens) per step, then the
-    process's peak RSS in GiB.
+    Sends the row's description, then (seconds, loss, target tokens, padded tokens, records) per step,
+    then the process's peak RSS in GiB.
     """
     torch.set_num_threads(settings["threads"])
     torch.manual_seed(settings["seed"])
-    n = settings["warmup"] + settings["steps"]
-    bs, seed = settings["batch_size"], settings["seed"]
-    if row.grouped:
-        batches = grouped_batches(seqs, bs, seed, n, settings["mega_batches"])
-    else:
-        batches = book_batches(seqs, bs, seed, n)
-    batches = [batches[i % len(batches)] for i in range(n)]  # a small data set is repeated
+    batches = row_batches(row, seqs, settings)
     model, opt, detail = make_model(row, settings["reference_dropout"])
     from gpt_finetune.model import GPT
     from gpt_finetune.tasks.loss import masked_lm_loss
 
     def step(batch: dict[str, torch.Tensor]) -> float:
         ids, targets = batch["input_ids"], batch["targets"]
+        packing = {k: batch[k] for k in ("position_ids", "document_ids") if k in batch}
         amp = torch.autocast("cpu", dtype=torch.bfloat16) if row.bf16 else contextlib.nullcontext()
         with amp:
             if isinstance(model, GPT):  # row.ours
-                loss = masked_lm_loss(model, ids, targets, head_on_targets_only=True)
+                loss = masked_lm_loss(model, ids, targets, head_on_targets_only=True, **packing)
             else:
                 logits = model(ids).logits
                 loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
@@ -158,16 +189,19 @@ def row_worker(row: Row, settings: dict[str, Any], seqs: list[list[int]], conn: 
         start = time.perf_counter()
         loss = step(batch)
         seconds = time.perf_counter() - start
-        conn.send((seconds, loss, int((batch["targets"] != IGNORE_INDEX).sum()), batch["targets"].numel()))
+        targets = int((batch["targets"] != IGNORE_INDEX).sum())
+        conn.send((seconds, loss, targets, batch["targets"].numel(), batch_records(batch)))
     conn.send(peak_rss_gib())
 
 
-def run_rows(settings: dict[str, Any], seqs: list[list[int]]) -> list[dict[str, Any]]:
+def run_rows(
+    settings: dict[str, Any], seqs: list[list[int]], rows: tuple[Row, ...] = ROWS
+) -> list[dict[str, Any]]:
     """Run every row in its own spawned process, timing their steps in turn (row 1 step 1, row 2 step 1,
     ...) so that load from other programs on the machine falls on all rows alike."""
     ctx = mp.get_context("spawn")
     conns, procs = [], []
-    for row in ROWS:
+    for row in rows:
         parent, child = ctx.Pipe()
         procs.append(ctx.Process(target=row_worker, args=(row, settings, seqs, child), daemon=True))
         procs[-1].start()
@@ -183,9 +217,10 @@ def run_rows(settings: dict[str, Any], seqs: list[list[int]]) -> list[dict[str, 
     for conn, proc, result in zip(conns, procs, results, strict=True):
         result["peak_gib"] = conn.recv()
         proc.join()
-        seconds, losses, tokens, padded = (list(col) for col in zip(*result["steps"], strict=True))
+        seconds, losses, tokens, padded, records = (list(col) for col in zip(*result["steps"], strict=True))
         result |= {
-            "examples_s": len(seconds) * settings["batch_size"] / sum(seconds),
+            "examples_s": sum(records) / sum(seconds),
+            "positions": sum(padded) / len(padded),
             "tokens_s": sum(tokens) / sum(seconds),
             "padding": 1 - sum(tokens) / sum(padded),
             "loss": losses[-1],
