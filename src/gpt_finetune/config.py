@@ -153,33 +153,6 @@ def pairs_mismatch(cfg: DictConfig) -> str | None:
     return None
 
 
-def apply_init_from(cfg: DictConfig) -> None:
-    """`init_from=RUN_DIR | FILE.ckpt`: the instruction run's tested checkpoint becomes `init_from`, its
-    model spec `model` (no download: the checkpoint has every weight) and its prompt style `data.style`."""
-    source = cfg.get("init_from")
-    if source is None:
-        return
-    from gpt_finetune.evaluation.run_dir import find_checkpoint  # evaluation imports this module
-
-    path = Path(str(source)).expanduser()
-    checkpoint = path if path.is_file() else find_checkpoint(path) if path.is_dir() else None
-    if checkpoint is None:
-        raise UserError(
-            f"init_from={source}: no such run dir or checkpoint; give the output folder of a train.py "
-            "instruction run (or its .ckpt)"
-        )
-    try:
-        hparams = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
-    except Exception:  # truncated, not a checkpoint: one line, no trace
-        raise UserError(f"init_from={source}: cannot read {checkpoint}; give a train.py run") from None
-    if "prompt_style" not in hparams or "model" not in hparams:
-        raise UserError(f"init_from={source}: {checkpoint} is not an instruction run's checkpoint")
-    cfg.model = {**hparams["model"], "pretrained": False, "weights": None}
-    cfg.data.style = hparams["prompt_style"]
-    cfg.init_from = str(checkpoint.resolve())
-    log.info("init_from: %s (prompt style %s)", checkpoint, hparams["prompt_style"])
-
-
 def chosen(group: str, cfg: DictConfig) -> str:
     """`group=choice` as given to Hydra, or `group._target_=...` where Hydra did not compose the config."""
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.strategies import FSDPStrategy
@@ -17,16 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt_finetune.artifacts import write_json, write_text
 from gpt_finetune.callbacks.checkpointing import LastCheckpoint
-from gpt_finetune.config import (
-    apply_init_from,
-    check_config,
-    check_fits,
-    register_resolvers,
-    resumed_config,
-)
+from gpt_finetune.config import check_config, check_fits, register_resolvers, resumed_config
 from gpt_finetune.console import quiet_lightning
 from gpt_finetune.devices import peak_memory_gib
 from gpt_finetune.errors import UserError, run_command
+from gpt_finetune.evaluation.run_dir import find_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +100,31 @@ def run(cfg: DictConfig) -> float:
         write_json(out / "metrics.json", metrics)
         log.info("wrote %s", out / "metrics.json")
     return best_score
+
+
+def apply_init_from(cfg: DictConfig) -> None:
+    """`init_from=RUN_DIR | FILE.ckpt`: the instruction run's tested checkpoint becomes `init_from`, its
+    model spec `model` (no download: the checkpoint has every weight) and its prompt style `data.style`."""
+    source = cfg.get("init_from")
+    if source is None:
+        return
+    path = Path(str(source)).expanduser()
+    checkpoint = path if path.is_file() else find_checkpoint(path) if path.is_dir() else None
+    if checkpoint is None:
+        raise UserError(
+            f"init_from={source}: no such run dir or checkpoint; give the output folder of a train.py "
+            "instruction run (or its .ckpt)"
+        )
+    try:
+        hparams = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
+    except Exception:  # truncated, not a checkpoint: one line, no trace
+        raise UserError(f"init_from={source}: cannot read {checkpoint}; give a train.py run") from None
+    if "prompt_style" not in hparams or "model" not in hparams:
+        raise UserError(f"init_from={source}: {checkpoint} is not an instruction run's checkpoint")
+    cfg.model = {**hparams["model"], "pretrained": False, "weights": None}
+    cfg.data.style = hparams["prompt_style"]
+    cfg.init_from = str(checkpoint.resolve())
+    log.info("init_from: %s (prompt style %s)", checkpoint, hparams["prompt_style"])
 
 
 def fsdp_tester(

@@ -76,21 +76,11 @@ def load_finetuned(
     ckpt: Path, device: str | torch.device = "cpu", base_weights: str | None = None
 ) -> Finetuned:
     """The GPT in a Lightning instruction-tuning checkpoint, built from its saved spec without downloads."""
-    from gpt_finetune.tasks.base import rebuild_spec
-    from gpt_finetune.tasks.dpo import PreferenceTuning, rebuild_hparams
-    from gpt_finetune.tasks.instruct import InstructionTuning
+    from gpt_finetune.tasks.dpo import rebuild_task
 
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     hparams = checkpoint.get("hyper_parameters", {})
-    if "model" not in hparams or "prompt_style" not in hparams:
-        raise UserError(f"{ckpt}: not an instruction-tuning checkpoint (no model spec and prompt style)")
-    if "beta" in hparams:  # a DPO run's policy
-        task: InstructionTuning = PreferenceTuning(**rebuild_hparams(hparams, base_weights))
-    else:
-        task = InstructionTuning(**{**hparams, "model": rebuild_spec(hparams, base_weights)})
-    task.on_load_checkpoint(checkpoint)  # a LoRA checkpoint: the frozen base filled in
-    task.load_state_dict(checkpoint["state_dict"])
-    model = task.model.to(device).eval()
+    model = rebuild_task(checkpoint, str(ckpt), base_weights).model.to(device).eval()
     data = checkpoint.get("datamodule_hyper_parameters", {})
     step = int(checkpoint.get("global_step", 0))
     return Finetuned(model, hparams["prompt_style"], dict(data), step, pairs="beta" in hparams)

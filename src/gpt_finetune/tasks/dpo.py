@@ -13,7 +13,7 @@ import torch
 
 from gpt_finetune.errors import UserError
 from gpt_finetune.model import GPT
-from gpt_finetune.tasks.adapters import LoRASettings, adapters_disabled
+from gpt_finetune.tasks.adapters import LoRASettings, adapters_disabled, merge_lora
 from gpt_finetune.tasks.base import Stage, check_lora_base, rebuild_spec
 from gpt_finetune.tasks.dpo_loss import dpo_loss, reduce_logps, response_logps
 from gpt_finetune.tasks.instruct import InstructionTuning
@@ -42,15 +42,35 @@ def check_settings(
         raise UserError("; ".join(problems))
 
 
+def rebuild_task(
+    checkpoint: dict[str, Any], source: str, base_weights: str | None = None
+) -> InstructionTuning:
+    """The instruction (or DPO) task a loaded checkpoint holds, built from its saved spec without
+    downloads (a LoRA run's base from its source, or `base_weights`), its weights loaded."""
+    hparams = checkpoint.get("hyper_parameters", {})
+    if "model" not in hparams or "prompt_style" not in hparams:
+        raise UserError(f"{source}: not an instruction-tuning checkpoint (no model spec and prompt style)")
+    if "beta" in hparams:  # a DPO run's policy
+        task: InstructionTuning = PreferenceTuning(**rebuild_hparams(hparams, base_weights))
+    else:
+        task = InstructionTuning(**{**hparams, "model": rebuild_spec(hparams, base_weights)})
+    task.on_load_checkpoint(checkpoint)  # a LoRA checkpoint: the frozen base filled in
+    task.load_state_dict(checkpoint["state_dict"])
+    return task
+
+
+def starting_model(checkpoint: str) -> GPT:
+    """The GPT in an instruction run's `checkpoint`, a LoRA run's adapters merged, in eval mode."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model = rebuild_task(saved, f"init_from={checkpoint}").model
+    merge_lora(model)
+    return model.eval()
+
+
 def load_initial_weights(model: GPT, checkpoint: str) -> None:
     """Copy the weights of the instruction run's `checkpoint` (a LoRA run's merged) into `model`."""
-    from gpt_finetune.serving.loading import load_model  # serving imports the tasks
-
-    source = load_model(ckpt_path=checkpoint, device="cpu", merge=True)
-    if source.kind != "instruct":
-        raise UserError(f"init_from={checkpoint}: a {source.kind} checkpoint; give an instruction run")
     try:
-        model.load_state_dict(source.gpt.state_dict())
+        model.load_state_dict(starting_model(checkpoint).state_dict())
     except RuntimeError as error:
         problem = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
         raise UserError(f"init_from={checkpoint}: its weights do not fit the model ({problem})") from None
@@ -122,9 +142,7 @@ class PreferenceTuning(InstructionTuning):
             finally:
                 self.model.train(training)
         elif self.hparams.init_from is not None and Path(self.hparams.init_from).is_file():
-            from gpt_finetune.serving.loading import load_model  # serving imports the tasks
-
-            yield load_model(ckpt_path=self.hparams.init_from, device=self.device).gpt
+            yield starting_model(self.hparams.init_from).to(self.device)
         else:
             yield None
 
