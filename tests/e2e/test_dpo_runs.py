@@ -6,6 +6,7 @@ to the uninterrupted weights."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,49 @@ def test_interrupted_precomputed_run_resumes_to_the_uninterrupted_weights(
     cut_metrics = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     for key in ("global_step", "best_val/loss", "test/loss", "test/rewards/margins"):
         assert whole_metrics[key] == cut_metrics[key], key
+
+
+@pytest.mark.slow
+def test_ddp_dpo_matches_one_process_on_an_uneven_split(
+    tmp_path: Path, run_train, quickstart_run: Path, pairs: Path
+) -> None:
+    """102 train pairs: 12 global batches of 8 and 6 left over; two ranks of 4 see one process's batches
+    of 8 and log the mean over both. The precomputed reference is computed on each rank."""
+    common = (
+        "trainer.max_epochs=1",
+        "++trainer.max_steps=5",
+        "trainer.val_check_interval=5",
+        "task.reference=precomputed",
+        "optimizer.lr=1e-3",
+        "generate.enabled=false",
+        "callbacks.validation_samples=null",
+    )
+    one = run_train(
+        *dpo(pairs, quickstart_run, tmp_path / "one", *common, "trainer=cpu", "data.batch_size=8")
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_train(
+        *dpo(pairs, quickstart_run, tmp_path / "two", *common, "trainer=ddp_cpu", "data.batch_size=4"),
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    single, ddp = scalars(tmp_path / "one"), scalars(tmp_path / "two")
+    assert len(single["train/loss"]) == len(ddp["train/loss"]) == 5
+    assert single["train/loss"][0] == pytest.approx(math.log(2), abs=1e-6)  # step 0
+    assert single["train/loss"][-1] < single["train/loss"][0] - 0.01  # it trains
+    for name in ("train/loss", "train/rewards/margins", "train/logps/chosen", "val/loss"):
+        for a, b in zip(single[name], ddp[name], strict=True):
+            assert abs(a - b) <= 1e-4, name
+
+
+def test_bf16_with_clipping_starts_at_ln2_and_trains(
+    tmp_path: Path, run_train, quickstart_run: Path, pairs: Path
+) -> None:
+    overrides = ("trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1.0", "optimizer.lr=1e-3")
+    done = run_train(
+        *dpo(pairs, quickstart_run, tmp_path / "bf16", *SHORT, *overrides, "generate.enabled=false")
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = scalars(tmp_path / "bf16")["train/loss"]
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-6)  # policy and reference under the same autocast
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]

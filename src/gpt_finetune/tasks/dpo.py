@@ -231,7 +231,7 @@ class PreferenceTuning(InstructionTuning):
                 on_step=stage == "train",
                 on_epoch=stage != "train",
                 batch_size=pairs,
-                sync_dist=stage != "train",
+                sync_dist=True,  # in training too: the mean over every rank's pairs, as one process sees it
             )
         return loss
 
