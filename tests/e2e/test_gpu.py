@@ -63,3 +63,34 @@ def test_train_py_under_fsdp_on_the_gpus(tmp_path: Path, run_train) -> None:
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["global_step"] == 6 and math.isfinite(metrics["test/loss"])
     assert len(json.loads((tmp_path / "test_responses.json").read_text())) == 12
+
+
+@pytest.mark.parametrize("compile", ["false", "true"])
+def test_packed_training_on_cuda(tmp_path: Path, compile: str) -> None:
+    """The block-diagonal mask through CUDA SDPA (a masked kernel, not flash), eager and compiled."""
+    metrics = run_in_process(
+        tmp_path, "data.packing=true", "trainer.precision=bf16-mixed", f"task.compile={compile}"
+    )
+    assert metrics["global_step"] == 6 and math.isfinite(metrics["test/loss"])
+
+
+@pytest.mark.parametrize("reference", ["frozen", "precomputed"])
+def test_dpo_on_cuda_starts_at_ln2(tmp_path: Path, reference: str) -> None:
+    run_in_process(tmp_path / "sft")
+    pairs = [
+        {**r, "chosen": r["model_response"] + " Thank you.", "rejected": r["model_response"]}
+        for r in json.loads((tmp_path / "sft" / "test_responses.json").read_text())
+    ] * 10  # 120 pairs
+    (tmp_path / "pairs.json").write_text(json.dumps(pairs))
+    metrics = run_in_process(
+        tmp_path / "dpo",
+        "task=dpo",
+        "data=preferences",
+        f"data.path={tmp_path / 'pairs.json'}",
+        f"init_from={tmp_path / 'sft'}",
+        f"task.reference={reference}",
+        "trainer.precision=bf16-mixed",
+        "trainer.gradient_clip_val=1.0",
+    )
+    assert metrics["global_step"] == 6 and math.isfinite(metrics["test/loss"])
+    assert 0.0 <= metrics["test/rewards/accuracy"] <= 1.0
