@@ -292,6 +292,30 @@ def test_evaluate_with_judge_writes_scores_everywhere_but_never_the_key(
     assert any(tag.startswith("judge/summary") for tag in events.Tags()["tensors"])
 
 
+def test_a_dpo_run_is_judged_with_its_starting_models_answers_beside(
+    server: tuple[str, Served], tmp_path: Path, evaluate_config
+) -> None:
+    """A DPO run's responses hold the pair and the starting model's answer: the judge scores the DPO model's,
+    the report shows both, in aligned columns."""
+    base_url, _ = server
+    run_dir = synthetic_run(tmp_path / "dpo")
+    responses = json.loads((run_dir / "test_responses.json").read_text())
+    for i, response in enumerate(responses):
+        response.update(chosen="The answer.", rejected="An answer.", reference_response=f"BEFORE-{i}")
+    (run_dir / "test_responses.json").write_text(json.dumps(responses))
+    summary = evaluate(evaluate_config(
+        f"run_dir={run_dir}", "judge=ollama", f"judge.base_url={base_url}", "judge.retry_backoff_s=0.01",
+    ))  # fmt: skip
+    assert summary["judge_average"] == 50.0  # SCORE=40, SCORE=60: the DPO model's responses were judged
+    html = (run_dir / "report.html").read_text()
+    header = html.split("<table id='records'>")[1].split("</thead>")[0]
+    columns = header.count("<th>")
+    assert "<th>Before (starting model)</th>" in header and "<th>Judge score</th>" in header
+    rows = html.split("<table id='records'>")[1].split("<tbody>")[1].split("</tr>")[:-1]
+    assert len(rows) == 3 and all(row.count("<td") == columns for row in rows)
+    assert all(f"BEFORE-{i}" in row for i, row in enumerate(rows))
+
+
 def test_unreachable_judge_is_one_error_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], evaluate_config
 ) -> None:
