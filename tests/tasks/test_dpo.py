@@ -200,3 +200,20 @@ def test_resume_without_a_precomputed_reference_after_training_is_refused(
             ckpt_path=tmp_path / "frozen.ckpt",
             weights_only=True,
         )
+
+
+@pytest.mark.slow
+def test_compiled_log_probabilities_train_as_eager(tmp_path: Path, quiet_trainer) -> None:
+    path = write_pairs(tmp_path, 48)
+    runs = []
+    for compile in (False, True):
+        L.seed_everything(0)
+        task = PreferenceTuning(TINY, "phi3", compile=compile, optimizer={"lr": 1e-2, "weight_decay": 0.0})
+        losses = Losses()
+        quiet_trainer(devices=1, max_epochs=1, limit_val_batches=0, callbacks=[losses]).fit(
+            task, datamodule=data(path)
+        )
+        runs.append(losses.values)
+    eager, compiled = runs
+    assert len(eager) == 6 and eager[1] != pytest.approx(eager[0], abs=1e-3)
+    assert compiled == pytest.approx(eager, abs=1e-4)
