@@ -52,11 +52,23 @@ def short_name(text: str, limit: int = 200) -> str:
     return f"{name[: limit - 9]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
-def register_resolvers() -> None:
-    """Register the config resolvers (`${bundled:...}`, `${short_name:...}`); each entry point calls it before
-    Hydra resolves its own config, and each command's `main` again (a SLURM job starts in `main`). Idempotent.
+def resume_or(new_run_dir: str, *, _root_: DictConfig) -> str:
+    """`hydra.run.dir`: the run being resumed (`resume=RUN`) when set, else `new_run_dir`.
+
+    `oc.select` would fall back only for a missing key: `resume: null` (the default) selected None, which
+    Hydra refuses as a run dir. Where Hydra resolves its own node alone (`--cfg hydra`), there is no `resume`.
     """
-    for name, resolver in (("bundled", bundled_path), ("short_name", short_name)):
+    resume = OmegaConf.select(_root_, "resume", default=None)
+    return new_run_dir if resume is None else str(resume)
+
+
+def register_resolvers() -> None:
+    """Register the config resolvers (`${bundled:...}`, `${short_name:...}`, `${resume_or:...}`); each entry
+    point calls it before Hydra resolves its own config, and each command's `main` again (a SLURM job starts
+    in `main`). Idempotent.
+    """
+    resolvers = (("bundled", bundled_path), ("short_name", short_name), ("resume_or", resume_or))
+    for name, resolver in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 
