@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from gpt_finetune.config import resumed_config
 from gpt_finetune.errors import UserError
@@ -31,6 +31,8 @@ def resume(run_dir: Path, *overrides: str) -> DictConfig:
     """`resumed_config` as train.py calls it: inside a Hydra app composed with these overrides."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[f"resume={run_dir}", *overrides], return_hydra_config=True)
+        with read_write(cfg.hydra):  # as Hydra's run_job sets it: the run folder is the resumed run's
+            cfg.hydra.runtime.output_dir = str(run_dir)
         HydraConfig.instance().set_config(cfg)
         try:
             return resumed_config(cfg)
@@ -102,3 +104,14 @@ def test_a_run_saved_before_the_optimizer_group_resumes_with_its_settings(run_di
     cfg = resume(run_dir, "optimizer.warmup_steps=3")
     assert "lr" not in cfg.task and cfg.task.optimizer.lr == lr == cfg.optimizer.lr
     assert cfg.optimizer.warmup_steps == 3 and cfg.task.optimizer.warmup_steps == 3  # derived: follows
+
+
+def test_a_moved_run_resumes_into_its_new_folder(
+    run_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    moved = tmp_path_factory.mktemp("moved") / "run"
+    run_dir.rename(moved)
+    cfg = resume(moved)
+    paths = [cfg.output_dir, cfg.callbacks.last_checkpoint.dirpath, cfg.callbacks.test_responses.output_dir]
+    assert paths == [str(moved), str(moved / "checkpoints"), str(moved)]
+    assert str(run_dir) not in OmegaConf.to_yaml(cfg)  # nothing written where the run was before

@@ -198,6 +198,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     if not isinstance(resumed, DictConfig):
         raise UserError(f"{saved} holds a list, not a run's config; resume a run dir that train.py wrote")
     move_targets(resumed)
+    relocate(resumed, str(resumed.get("output_dir")), str(cfg.output_dir))
     moved = move_renamed_keys(resumed)
     if moved:
         log.info("%s: renamed keys of an earlier version moved: %s", saved, ", ".join(moved))
@@ -223,6 +224,19 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     resumed.ckpt_path, resumed.resume = str(last), None
     log.info("resuming %s from %s", run_dir, last)
     return resumed
+
+
+def relocate(config: Any, old: str, new: str) -> None:
+    """Every path under the run's old folder `old` moved to `new` (a run folder moved or copied since: its
+    saved config holds resolved, absolute paths, and resuming must write into the folder it resumes)."""
+    if old == new or old in ("", "None"):
+        return
+    items = config.items() if isinstance(config, DictConfig) else enumerate(config)
+    for key, value in list(items):
+        if isinstance(value, DictConfig | ListConfig):
+            relocate(value, old, new)
+        elif isinstance(value, str) and (value == old or value.startswith(f"{old}/")):
+            config[key] = new + value[len(old) :]
 
 
 def apply_override(config: DictConfig, override: Override, key: str) -> None:

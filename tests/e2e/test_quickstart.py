@@ -13,16 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_quickstart_writes_every_artifact(tmp_path: Path, run_train) -> None:
-    run_dir = tmp_path / "run"
-    done = run_train(
-        "experiment=quickstart",
-        "trainer.max_epochs=3",
-        "generate.max_new_tokens=16",
-        f"hydra.run.dir={run_dir}",
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-
+def test_quickstart_writes_every_artifact(readme_quickstart: Path) -> None:
+    run_dir = readme_quickstart  # `python train.py experiment=quickstart` as README shows it
     config = (run_dir / "config.yaml").read_text()
     assert "size: tiny" in config and "${" not in config  # resolved
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "last.ckpt"

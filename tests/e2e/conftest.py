@@ -1,0 +1,29 @@
+"""The runs README's commands make, typed as shown in a scratch copy of the checkout (once per session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from readme_workspace import ReadmeWorkspace
+
+QUICKSTART = ".venv/bin/python train.py experiment=quickstart"  # README's third set-up command
+SPAM_QUICKSTART = "python train.py experiment=spam-quickstart"
+
+
+@pytest.fixture(scope="session")
+def readme(tmp_path_factory: pytest.TempPathFactory) -> ReadmeWorkspace:
+    """A scratch copy of the checkout where README's commands run as typed."""
+    return ReadmeWorkspace.copy_of_checkout(tmp_path_factory.mktemp("readme") / "gpt-finetune")
+
+
+@pytest.fixture(scope="session")
+def readme_quickstart(readme: ReadmeWorkspace) -> Path:
+    """The folder `python train.py experiment=quickstart` made under `outputs/runs/` (read-only)."""
+    return readme.new_run(QUICKSTART)
+
+
+@pytest.fixture(scope="session")
+def readme_spam_quickstart(readme: ReadmeWorkspace) -> Path:
+    """The folder `python train.py experiment=spam-quickstart` made under `outputs/runs/` (read-only)."""
+    return readme.new_run(SPAM_QUICKSTART)
