@@ -67,9 +67,13 @@ def test_hf_export_of_a_run_writes_the_directory_and_a_model_card(
         f"| epochs | {metrics['epochs']} ({metrics['global_step']} steps) |",
         "| precision | 32-true |",
         f"| test/loss | {metrics['test/loss']:.4g} |",
-        f'AutoModelForCausalLM.from_pretrained("{out}")',
+        'AutoModelForCausalLM.from_pretrained("hf")',
+        "exported by gpt-finetune's `export.py` from `checkpoints/best-",
     ):
         assert expected in card, expected
+    # Published with push_to_hub: no absolute local path (the export, the run, the package's data, home).
+    for local in (tmp_path, quickstart_run, ROOT, Path(sys.prefix), Path.home()):
+        assert str(local) not in card, local
 
 
 def test_gguf_export_of_a_run_writes_the_file_and_modelfile_and_prints_how_to_run_it(

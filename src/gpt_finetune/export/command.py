@@ -1,7 +1,8 @@
 """`export(cfg)`: a run (or base model) as a Hugging Face directory or a GGUF file with an ollama Modelfile.
 
 `out` is written whole or not at all: everything is built in a temporary folder beside it, which is then
-renamed to `out`. An `out` that holds files is refused unless `overwrite=true`, which replaces it entirely.
+renamed to `out`. An `out` that holds files is refused unless `overwrite=true`, which replaces it entirely,
+and never when it would delete the user's work (`export/overwrite.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gpt_finetune.errors import UserError, run_command
 from gpt_finetune.export.gguf_file import GgufDtype, check_gguf_exportable, write_gguf
 from gpt_finetune.export.hf import HfDtype, check_exportable, write_hf
 from gpt_finetune.export.modelfile import GGUF_NAME, modelfile, ollama_commands
+from gpt_finetune.export.overwrite import check_overwrite
 from gpt_finetune.export.peft_adapter import ADAPTER_DIR, write_peft_adapter
 from gpt_finetune.serving.loading import UsableModel, load_configured
 
@@ -89,6 +91,8 @@ def check_settings(cfg: DictConfig) -> tuple[str, str, Path]:
     if problems:
         raise UserError("; ".join(problems))
     assert out is not None
+    if out.is_dir() and any(out.iterdir()):
+        check_overwrite(cfg, out)
     return fmt, dtype, out
 
 
@@ -104,7 +108,12 @@ def built_directory(out: Path) -> Iterator[Path]:
         old = out.parent / f"{folder.name}.old"
         if out.exists():
             os.replace(out, old)  # the old `out` (empty, or overwrite=true) leaves in one rename
-        os.replace(folder, out)
+        try:
+            os.replace(folder, out)
+        except BaseException:
+            if old.exists():
+                os.replace(old, out)  # the previous export back where it was
+            raise
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

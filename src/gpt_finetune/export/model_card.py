@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from gpt_finetune.model.config import HUB_IDS
 from gpt_finetune.serving.loading import UsableModel
 
 
+def shown_path(path: str) -> str:
+    """A file the card names: a URL or Hub id as it is, a local path by its name alone (a card is published,
+    and an absolute path tells nothing but the exporting machine's layout)."""
+    return path if "://" in path or not Path(path).is_absolute() else Path(path).name
+
+
 def base_model(spec: dict[str, Any]) -> str:
-    """Where the backbone's starting weights came from: a Hub id, a local path, or random init."""
+    """Where the backbone's starting weights came from: a Hub id, a local folder's name, or random init."""
     if spec.get("weights"):
-        return str(spec["weights"])
+        return shown_path(str(spec["weights"]))
     size = str(spec.get("size", "gpt2-small"))
     if spec.get("pretrained", True) and size in HUB_IDS:
         return HUB_IDS[size]
@@ -34,7 +41,7 @@ def recipe(usable: UsableModel) -> list[tuple[str, str]]:
     steps = metrics.get("global_step")
     rows = [
         ("task", task),
-        ("data", str(data.get("path", "?"))),
+        ("data", shown_path(str(data.get("path", "?")))),
         ("learning rate", str(optimizer.get("lr", "?"))),
         ("epochs", f"{epochs}" + (f" ({steps} steps)" if steps is not None else "")),
         ("precision", str(trainer.get("precision", "?"))),
@@ -49,6 +56,11 @@ def results(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         for key, value in metrics.items()
         if "/" in key and isinstance(value, int | float) and key.split("/")[0] in ("train", "val", "test")
     ]
+
+
+def checkpoint_name(path: Path) -> str:
+    """`checkpoints/best-step=96.ckpt`: a run's checkpoint relative to its run folder, else by name."""
+    return f"{path.parent.name}/{path.name}" if path.parent.name == "checkpoints" else path.name
 
 
 def table(header: tuple[str, str], rows: list[tuple[str, str]]) -> str:
@@ -86,7 +98,9 @@ def usage(usable: UsableModel, location: str) -> str:
 
 
 def model_card(usable: UsableModel, dtype: str, location: str) -> str:
-    """README.md for the directory `location` (a path or Hub id) exported from `usable` in `dtype`."""
+    """README.md for the directory `location` (a Hub id, or a local folder: named by its name alone) exported
+    from `usable` in `dtype`."""
+    location = shown_path(location)
     config = usable.gpt.config
     classify = usable.kind == "classify"
     base = base_model(usable.spec)
@@ -105,7 +119,7 @@ def model_card(usable: UsableModel, dtype: str, location: str) -> str:
         else f"GPT-2 fine-tuned to follow instructions in the {usable.prompt_style} prompt style "
         "(the tokenizer's chat template renders it)"
     )
-    source = f" from `{usable.checkpoint}`" if usable.checkpoint is not None else ""
+    source = f" from `{checkpoint_name(usable.checkpoint)}`" if usable.checkpoint is not None else ""
     parts = [
         "\n".join(front),
         f"# {usable.name}\n\n{what}; exported by gpt-finetune's `export.py`{source}.",
