@@ -122,12 +122,19 @@ def make_preferences(cfg: DictConfig) -> dict[str, Any]:
     every = load_records(cfg.data.path, cfg.data.cache_dir)
     records = every[: cfg.limit] if cfg.limit is not None else every
     out = output_path(cfg.out, str(cfg.data.path))
+    source = str(cfg.data.path)
+    if not is_url(source) and out.resolve() == Path(source).expanduser().resolve():
+        raise UserError(
+            f"out={out} is the input data.path; the pairs go to another file: pass out=OTHER.json"
+        )
     if out.exists() and not cfg.overwrite:
         raise UserError(f"{out} exists; pass overwrite=true to replace it, or out=OTHER.json")
     judge: Judge = instantiate(cfg.judge, _partial_=True)()  # a UserError reaches the user unwrapped
     header, jobs = mode_jobs(cfg, judge, records)
+    asked = {key: judge.settings[key] for key in ("protocol", "model", "url")}  # pairs of one judge per file
     progress = Progress.open(
-        progress_path(out), {"input": records_digest(every), "mode": cfg.mode, "seed": cfg.seed, **header}
+        progress_path(out),
+        {"input": records_digest(every), "mode": cfg.mode, "seed": cfg.seed, "judge": asked, **header},
     )
     pending = [i for i in range(len(records)) if i not in progress.done]
     already = len(records) - len(pending)

@@ -20,11 +20,13 @@ from typing import Any
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from gpt_finetune.config import bundled_path
+from gpt_finetune.data.instructions import load_records
 from gpt_finetune.errors import UserError
-from gpt_finetune.make_preferences import main, make_preferences, output_path
+from gpt_finetune.make_preferences import main, make_preferences, output_path, records_digest
 from gpt_finetune.preferences.pairs import tone_for
 from gpt_finetune.preferences.progress import Progress, progress_path
 from gpt_finetune.preferences.prompts import clean_reply, parse_choice, rewrite_prompt, unusable_rewrite
@@ -339,6 +341,57 @@ def test_a_progress_file_of_another_run_is_refused_in_one_line(
     assert error.startswith(f"error: {partial} belongs to another run (other records in data.path; seed 7")
     assert "seed 7 there, 123 now" in error and "delete it (or pass out=OTHER.json) to start over" in error
     assert sum(judged.received.values()) == 2  # nothing was asked for the refused run
+
+
+def test_resuming_with_another_judge_is_refused_in_one_line(
+    judge_server: tuple[str, Judged], tmp_path: Path, config: Callable[..., DictConfig],
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    base_url, judged = judge_server
+    source = write_records(tmp_path / "data.json", GOOD)
+    out = tmp_path / "data-with-preference.json"
+    partial = progress_path(out)
+    same = config(f"data.path={source}", *judge_overrides(base_url))
+    header = {"input": records_digest(load_records(str(source))), "mode": "polite", "seed": 123}
+    url = instantiate(same.judge).settings["url"]  # the endpoint asked, as the client normalises it
+    asked = {"protocol": "ollama", "model": "judge-model", "url": url}
+    done = {"instruction": "i", "input": "", "output": GOOD[0], "chosen": "c", "rejected": GOOD[0]}
+    Progress.open(partial, header | {"judge": asked}).add({"index": 0, "pair": done})
+    before = partial.read_bytes()
+    for changed, difference in [
+        ("judge.model=other-model", "'model': 'judge-model'"),
+        ("judge=openai", "'protocol': 'ollama'"),
+        ("judge.base_url=http://127.0.0.1:9", f"'url': '{url}'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(config(f"data.path={source}", *judge_overrides(base_url), changed))
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"error: {partial} belongs to another run (judge {{" in error
+        assert difference in error and "delete it (or pass out=OTHER.json) to start over" in error
+        assert partial.read_bytes() == before and sum(judged.received.values()) == 0
+    make_preferences(same)  # the same judge resumes: only the records not yet done are asked
+    assert sum(judged.received.values()) == len(GOOD) - 1 and json.loads(out.read_text())[0] == done
+
+
+def test_out_equal_to_the_input_is_refused(
+    tmp_path: Path, config: Callable[..., DictConfig], capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_records(tmp_path / "data.json", GOOD)
+    before = source.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            config(
+                f"data.path={source}", f"out={source}", "overwrite=true", "judge.base_url=http://127.0.0.1:9"
+            )
+        )
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert (
+        error
+        == f"error: out={source} is the input data.path; the pairs go to another file: pass out=OTHER.json\n"
+    )
+    assert source.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["data.json"]
 
 
 def test_a_rejected_request_stops_the_run_in_one_line(
