@@ -131,6 +131,29 @@ def test_step_zero_loss_is_ln2_with_no_margin(
     assert metrics["val/logps/chosen"] < 0 and metrics["val/logps/rejected"] < 0
 
 
+def test_lora_reference_after_training_is_the_base_model_not_the_policy(
+    tmp_path: Path, quiet_trainer, tiny_base: Path
+) -> None:
+    """With adapters, the reference is the policy with them off: after a few steps (adapters no longer zero),
+    it must still give the saved base model's log-probabilities, and the policy must have moved away."""
+    model = {"size": "tiny", "pretrained": False, "weights": str(tiny_base)}
+    L.seed_everything(0)
+    task = PreferenceTuning(model, "phi3", lora={"r": 4}, optimizer={"lr": 3e-2, "weight_decay": 0.0})
+    datamodule = data(write_pairs(tmp_path))
+    quiet_trainer(devices=1, max_steps=4, limit_val_batches=0).fit(task, datamodule=datamodule)
+    batch = next(iter(datamodule.dataloader("val")))
+    task.eval()
+    reference = task._reference(batch, "val")
+    base = GPT.from_pretrained(tiny_base).eval()
+    with torch.no_grad():
+        expected = response_logps(base, batch["input_ids"], batch["targets"])
+        policy, _ = response_logps(task.model, batch["input_ids"], batch["targets"])
+    assert torch.allclose(reference[0], expected[0], atol=1e-4) and torch.equal(reference[1], expected[1])
+    assert (policy - reference[0]).abs().max() > 1e-2  # the adapters changed the policy: margins are real
+    metrics = quiet_trainer(devices=1).validate(task, datamodule=datamodule, verbose=False)[0]
+    assert abs(metrics["val/rewards/margins"]) > 1e-4 and metrics["val/loss"] != pytest.approx(math.log(2))
+
+
 def test_nll_weight_adds_the_chosen_per_token_nll(tmp_path: Path, quiet_trainer) -> None:
     path = write_pairs(tmp_path)
     plain = quiet_trainer(devices=1).validate(
