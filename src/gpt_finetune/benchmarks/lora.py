@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing as mp
-import os
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -25,7 +23,8 @@ from typing import Any
 import torch
 
 from gpt_finetune.benchmarks.data_file import add_data_argument
-from gpt_finetune.benchmarks.training import grouped_batches, load_train_sequences, native_bf16
+from gpt_finetune.benchmarks.rows import load_reported, machine_line, run_in_turns
+from gpt_finetune.benchmarks.training import grouped_batches, load_train_sequences
 from gpt_finetune.data.collate import IGNORE_INDEX
 from gpt_finetune.devices import peak_rss_gib
 
@@ -99,23 +98,14 @@ def row_worker(row: Row, settings: dict[str, Any], seqs: list[list[int]], conn: 
 
 def run_pair(rows: tuple[Row, Row], settings: dict[str, Any], seqs: list[list[int]]) -> list[dict[str, Any]]:
     """Two rows in their own processes, alive at once, their timed steps taken in turns."""
-    ctx = mp.get_context("spawn")
-    conns, procs = [], []
-    for row in rows:
-        parent, child = ctx.Pipe()
-        procs.append(ctx.Process(target=row_worker, args=(row, settings, seqs, child), daemon=True))
-        procs[-1].start()
-        conns.append(parent)
-    results: list[dict[str, Any]] = [{"params": conn.recv(), "steps": []} for conn in conns]
-    for _ in range(settings["steps"]):
-        for conn, result in zip(conns, results, strict=True):
-            conn.send(None)
-            result["steps"].append(conn.recv())
-    for conn, proc, result in zip(conns, procs, results, strict=True):
-        result["checkpoint_bytes"], result["peak_gib"] = conn.recv()
-        proc.join()
-        seconds, tokens = (list(col) for col in zip(*result["steps"], strict=True))
-        result["tokens_s"] = sum(tokens) / sum(seconds)
+    results = []
+    for run in run_in_turns(row_worker, rows, (settings, seqs), settings["steps"]):
+        seconds, tokens = (list(col) for col in zip(*run.steps, strict=True))
+        checkpoint_bytes, peak_gib = run.last
+        results.append({
+            "params": run.first, "steps": run.steps, "checkpoint_bytes": checkpoint_bytes,
+            "peak_gib": peak_gib, "tokens_s": sum(tokens) / sum(seconds),
+        })  # fmt: skip
     return results
 
 
@@ -135,23 +125,22 @@ def main(argv: list[str] | None = None) -> None:
     seqs, source = load_train_sequences(args.data)  # before any work: a bad --data fails at once
     settings = {k: v for k, v in vars(args).items() if k not in ("data", "models", "precisions")}
     print(f"settings: {settings}; models {args.models}; precisions {args.precisions}")
-    print(f"torch {torch.__version__}, {args.threads} CPU threads, native bf16: {native_bf16()}")
+    print(machine_line(args.threads))
     print(f"data: {source} ({len(seqs)} train records)")
-    load = os.getloadavg()[0]
     table = []
-    for size in args.models:
-        for precision in args.precisions:
-            pair = (Row(size, precision == "bf16", False), Row(size, precision == "bf16", True))
-            results = run_pair(pair, settings, seqs)
-            table += list(zip(pair, results, strict=True))
-            full, lora = results
-            print(
-                f"{size} {precision}: LoRA peak {lora['peak_gib'] / full['peak_gib']:.0%} of full, "
-                f"tokens/s {lora['tokens_s'] / full['tokens_s']:.2f}x, "
-                f"checkpoint 1/{full['checkpoint_bytes'] / lora['checkpoint_bytes']:.0f}",
-                flush=True,
-            )
-    print(f"load average before / after: {load:.1f} / {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)\n")
+    with load_reported():
+        for size in args.models:
+            for precision in args.precisions:
+                pair = (Row(size, precision == "bf16", False), Row(size, precision == "bf16", True))
+                results = run_pair(pair, settings, seqs)
+                table += list(zip(pair, results, strict=True))
+                full, lora = results
+                print(
+                    f"{size} {precision}: LoRA peak {lora['peak_gib'] / full['peak_gib']:.0%} of full, "
+                    f"tokens/s {lora['tokens_s'] / full['tokens_s']:.2f}x, "
+                    f"checkpoint 1/{full['checkpoint_bytes'] / lora['checkpoint_bytes']:.0f}",
+                    flush=True,
+                )
     print("| row | trainable / total params | target tokens/s | peak RSS GiB | checkpoint MB |")
     print("|---|---:|---:|---:|---:|")
     for row, r in table:

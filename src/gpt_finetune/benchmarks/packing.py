@@ -15,12 +15,12 @@ of records than a batch of `--batch-size`. Timings are never asserted.
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
 from gpt_finetune.benchmarks.data_file import add_data_argument
-from gpt_finetune.benchmarks.training import Row, load_train_sequences, native_bf16, run_rows
+from gpt_finetune.benchmarks.rows import load_reported, machine_line
+from gpt_finetune.benchmarks.training import Row, load_train_sequences, run_rows
 
 
 def packing_rows(batch_size: int, pack_lengths: list[int], pack_batch_size: int) -> tuple[Row, ...]:
@@ -59,11 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     settings["reference_dropout"] = 0.0  # no reference row here; row_worker reads the setting
     n_tok = [len(s) for s in seqs]
     print(f"settings: {vars(args) | {'data': str(source)}}")
-    print(f"torch {torch.__version__}, {args.threads} CPU threads, native bf16: {native_bf16()}")
+    print(machine_line(args.threads))
     print(f"gpt2-small, random init, fp32; {len(seqs)} train records ({min(n_tok)}-{max(n_tok)} tokens)")
-    load = os.getloadavg()[0]
-    results = run_rows(settings, seqs, rows)
-    print(f"load average before / after: {load:.1f} / {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)\n")
+    with load_reported():
+        results = run_rows(settings, seqs, rows)
     print("| row | positions / step | records/s | target tokens/s | padding | last loss | peak RSS GiB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for row, r in zip(rows, results, strict=True):

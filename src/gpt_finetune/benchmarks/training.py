@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing as mp
-import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from gpt_finetune.benchmarks.data_file import add_data_argument, read_data
+from gpt_finetune.benchmarks.rows import load_reported, machine_line, run_in_turns
 from gpt_finetune.data.collate import IGNORE_INDEX, collate_instructions
 from gpt_finetune.data.packing import collate_packed, pack_records, record_width
 from gpt_finetune.data.prompts import format_example
@@ -197,45 +196,20 @@ def row_worker(row: Row, settings: dict[str, Any], seqs: list[list[int]], conn: 
 def run_rows(
     settings: dict[str, Any], seqs: list[list[int]], rows: tuple[Row, ...] = ROWS
 ) -> list[dict[str, Any]]:
-    """Run every row in its own spawned process, timing their steps in turn (row 1 step 1, row 2 step 1,
-    ...) so that load from other programs on the machine falls on all rows alike."""
-    ctx = mp.get_context("spawn")
-    conns, procs = [], []
-    for row in rows:
-        parent, child = ctx.Pipe()
-        procs.append(ctx.Process(target=row_worker, args=(row, settings, seqs, child), daemon=True))
-        procs[-1].start()
-        conns.append(parent)
-    results = [{"detail": conn.recv(), "steps": []} for conn in conns]
-    print("timed rounds done:", end="", flush=True)
-    for i in range(settings["steps"]):
-        for conn, result in zip(conns, results, strict=True):
-            conn.send(None)
-            result["steps"].append(conn.recv())
-        print(f" {i + 1}", end="", flush=True)
-    print()
-    for conn, proc, result in zip(conns, procs, results, strict=True):
-        result["peak_gib"] = conn.recv()
-        proc.join()
-        seconds, losses, tokens, padded, records = (list(col) for col in zip(*result["steps"], strict=True))
-        result |= {
+    """Every row in its own process, their timed steps taken in turns (`rows.run_in_turns`)."""
+    results = []
+    for run in run_in_turns(row_worker, rows, (settings, seqs), settings["steps"], show=True):
+        seconds, losses, tokens, padded, records = (list(col) for col in zip(*run.steps, strict=True))
+        results.append({
+            "detail": run.first,
+            "peak_gib": run.last,
             "examples_s": sum(records) / sum(seconds),
             "positions": sum(padded) / len(padded),
             "tokens_s": sum(tokens) / sum(seconds),
             "padding": 1 - sum(tokens) / sum(padded),
             "loss": losses[-1],
-        }
+        })  # fmt: skip
     return results
-
-
-def native_bf16() -> str:
-    """Which bf16 instructions this CPU has, from torch and /proc/cpuinfo."""
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    avx = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: "avx512_bf16" in flags)()
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: "amx_bf16" in flags)()
-    return f"avx512_bf16 {'yes' if avx else 'no'}, amx_bf16 {'yes' if amx else 'no'}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -254,12 +228,11 @@ def main(argv: list[str] | None = None) -> None:
     n_tok = [len(s) for s in seqs]
     settings = {k: v for k, v in vars(args).items() if k != "data"}
     print(f"settings: {settings}")
-    print(f"torch {torch.__version__}, {args.threads} CPU threads, native bf16: {native_bf16()}")
+    print(machine_line(args.threads))
     print(f"data: {source}")
     print(f"gpt2-small, random init; {len(seqs)} train records ({min(n_tok)}-{max(n_tok)} tokens)")
-    load = os.getloadavg()[0]
-    results = run_rows(settings, seqs)
-    print(f"load average before / after: {load:.1f} / {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)\n")
+    with load_reported():
+        results = run_rows(settings, seqs)
     print("| row | settings | examples/s | target tokens/s | padding | last loss | peak RSS GiB |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for row, r in zip(ROWS, results, strict=True):
