@@ -18,7 +18,7 @@ from hf_compat import DTYPE_ARG
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gpt_finetune.export.chat_template import chat_template
-from gpt_finetune.export.gguf_file import write_gguf
+from gpt_finetune.export.gguf_file import gguf_tensors, write_gguf
 from gpt_finetune.serving.loading import UsableModel
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
@@ -82,6 +82,29 @@ def test_transformers_loads_the_gguf_with_our_logits(
     assert len(set(ours.argmax(-1)[0].tolist())) > 2  # logits that differ position to position
 
 
+def test_a_tied_head_travels_as_the_token_embedding_and_reads_back(
+    make_usable: MakeUsable, tmp_path: Path
+) -> None:
+    """No `output.weight`: llama.cpp (transformers where llama_cpp is missing: slower, it parses the whole
+    vocabulary twice) reuses `token_embd` as the head and computes our logits."""
+    tied = make_usable("alpaca", seed=2, tie_embeddings=True)
+    assert "token_embd.weight" in gguf_tensors(tied) and "output.weight" not in gguf_tensors(tied)
+    path = tmp_path / "model.gguf"
+    write_gguf(tied, path, "f32")
+    ids = prompt_ids()
+    with torch.no_grad():
+        ours = tied.gpt(ids)
+    if llama_cpp_found():
+        result = llama_greedy(path, ids, 12)
+        assert (torch.tensor(result["logits"]) - ours[0]).abs().max() <= 1e-3
+        assert result["tokens"] == tied.gpt.generate(ids, max_new_tokens=12, eos_id=None)[0]
+        return
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, **{DTYPE_ARG: torch.float32})
+    assert model.config.tie_word_embeddings
+    with torch.no_grad():
+        assert (model.eval()(ids).logits - ours).abs().max() <= 1e-5
+
+
 def test_transformers_reads_the_gguf_tokenizer_and_chat_template(gguf_files: dict[str, Path]) -> None:
     path = gguf_files["f16"]
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -139,22 +162,32 @@ def gguf_block_names() -> list[str]:
     return [f"{name}.{kind}" for name in names for kind in ("weight", "bias")]
 
 
-def test_llama_cpp_runs_the_gguf_with_our_logits_and_greedy_tokens(
-    usable: UsableModel, gguf_files: dict[str, Path]
-) -> None:
+def llama_cpp_found() -> bool:
+    """Whether LLAMA_PYTHON imports llama_cpp (CI installs the wheel from ../shared/wheels when present)."""
     found = subprocess.run([LLAMA_PYTHON, "-c", "import llama_cpp"], capture_output=True, check=False)
-    if found.returncode != 0:
-        pytest.skip(f"llama_cpp is not importable by {LLAMA_PYTHON}; set LLAMA_PYTHON to one that has it")
-    ids = prompt_ids()
+    return found.returncode == 0
+
+
+def llama_greedy(path: Path, ids: torch.Tensor, steps: int) -> dict:
+    """llama.cpp's logits at every prompt position and its `steps` greedy tokens for the GGUF at `path`."""
     done = subprocess.run(
-        [LLAMA_PYTHON, "-c", LLAMA_GREEDY, str(gguf_files["f32"]), json.dumps(ids[0].tolist()), "12"],
+        [LLAMA_PYTHON, "-c", LLAMA_GREEDY, str(path), json.dumps(ids[0].tolist()), str(steps)],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+def test_llama_cpp_runs_the_gguf_with_our_logits_and_greedy_tokens(
+    usable: UsableModel, gguf_files: dict[str, Path]
+) -> None:
+    if not llama_cpp_found():
+        pytest.skip(f"llama_cpp is not importable by {LLAMA_PYTHON}; set LLAMA_PYTHON to one that has it")
+    ids = prompt_ids()
+    result = llama_greedy(gguf_files["f32"], ids, 12)
     with torch.no_grad():
         ours = usable.gpt(ids)[0]
     assert (torch.tensor(result["logits"]) - ours).abs().max() <= 1e-3  # every prompt position
