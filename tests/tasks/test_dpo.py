@@ -16,7 +16,7 @@ from gpt_finetune.data.collate import collate_instructions
 from gpt_finetune.data.preference_datamodule import PreferenceDataModule
 from gpt_finetune.errors import UserError
 from gpt_finetune.model import GPT
-from gpt_finetune.tasks.dpo import PreferenceTuning
+from gpt_finetune.tasks.dpo import PreferenceTuning, rebuild_task
 from gpt_finetune.tasks.dpo_loss import dpo_loss, reduce_logps, response_logps
 
 TINY = {"size": "tiny", "pretrained": False, "context_length": 64}
@@ -240,3 +240,19 @@ def test_compiled_log_probabilities_train_as_eager(tmp_path: Path, quiet_trainer
     eager, compiled = runs
     assert len(eager) == 6 and eager[1] != pytest.approx(eager[0], abs=1e-3)
     assert compiled == pytest.approx(eager, abs=1e-4)
+
+
+def test_a_dpo_checkpoint_of_an_earlier_version_still_loads() -> None:
+    """Older DPO runs saved `head_on_targets_only` (which had no effect there): their policy still loads."""
+    torch.manual_seed(0)
+    task = PreferenceTuning(TINY, "phi3")
+    checkpoint = {
+        "state_dict": task.state_dict(),
+        "hyper_parameters": {**task.hparams, "head_on_targets_only": True},
+    }
+    rebuilt = rebuild_task(checkpoint, "old.ckpt")
+    assert isinstance(rebuilt, PreferenceTuning) and rebuilt.hparams.prompt_style == "phi3"
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(rebuilt.model.state_dict().values(), task.model.state_dict().values(), strict=True)
+    )

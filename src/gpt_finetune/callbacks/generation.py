@@ -24,7 +24,7 @@ from gpt_finetune.data.preference_datamodule import PreferenceDataModule
 from gpt_finetune.errors import UserError
 from gpt_finetune.evaluation.responses import generate_responses
 from gpt_finetune.tasks.dpo import PreferenceTuning
-from gpt_finetune.tasks.instruct import InstructionTuning
+from gpt_finetune.tasks.generating import GeneratingTask
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,12 +41,12 @@ def sharded(trainer: L.Trainer) -> bool:
 
 def instruction_run(
     trainer: L.Trainer, pl_module: L.LightningModule
-) -> tuple[InstructionTuning, InstructionDataModule | PreferenceDataModule]:
+) -> tuple[GeneratingTask, InstructionDataModule | PreferenceDataModule]:
     """The instruction (or DPO) task and data these callbacks generate with (TestResponses.setup checks
     the task); the data's `splits` hold records with instruction, input and output."""
     # Lightning sets `trainer.datamodule` for each fit and test; the Trainer class does not declare it.
     datamodule = getattr(trainer, "datamodule", None)
-    assert isinstance(pl_module, InstructionTuning)
+    assert isinstance(pl_module, GeneratingTask)
     assert isinstance(datamodule, InstructionDataModule | PreferenceDataModule)
     return pl_module, datamodule
 
@@ -148,7 +148,7 @@ class TestResponses(L.Callback):
         }
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not isinstance(pl_module, InstructionTuning):
+        if not isinstance(pl_module, GeneratingTask):
             raise UserError(
                 "callbacks=instruct writes generated responses and needs task=instruct; "
                 "use callbacks=classify (or callbacks=default) with this task"

@@ -16,6 +16,7 @@ from gpt_finetune.model import GPT
 from gpt_finetune.tasks.adapters import LoRASettings, adapters_disabled, merge_lora
 from gpt_finetune.tasks.base import Stage, check_lora_base, rebuild_spec
 from gpt_finetune.tasks.dpo_loss import dpo_loss, reduce_logps, response_logps
+from gpt_finetune.tasks.generating import GeneratingTask
 from gpt_finetune.tasks.instruct import InstructionTuning
 
 REFERENCES = ("frozen", "precomputed")
@@ -44,14 +45,14 @@ def check_settings(
 
 def rebuild_task(
     checkpoint: dict[str, Any], source: str, base_weights: str | None = None
-) -> InstructionTuning:
+) -> GeneratingTask:
     """The instruction (or DPO) task a loaded checkpoint holds, built from its saved spec without
     downloads (a LoRA run's base from its source, or `base_weights`), its weights loaded."""
     hparams = checkpoint.get("hyper_parameters", {})
     if "model" not in hparams or "prompt_style" not in hparams:
         raise UserError(f"{source}: not an instruction-tuning checkpoint (no model spec and prompt style)")
     if "beta" in hparams:  # a DPO run's policy
-        task: InstructionTuning = PreferenceTuning(**rebuild_hparams(hparams, base_weights))
+        task: GeneratingTask = PreferenceTuning(**rebuild_hparams(hparams, base_weights))
     else:
         task = InstructionTuning(**{**hparams, "model": rebuild_spec(hparams, base_weights)})
     task.on_load_checkpoint(checkpoint)  # a LoRA checkpoint: the frozen base filled in
@@ -76,7 +77,7 @@ def load_initial_weights(model: GPT, checkpoint: str) -> None:
         raise UserError(f"init_from={checkpoint}: its weights do not fit the model ({problem})") from None
 
 
-class PreferenceTuning(InstructionTuning):
+class PreferenceTuning(GeneratingTask):
     """DPO on preference batches (chosen rows, then rejected rows) from `data=preferences`.
 
     The policy starts from `init_from` (an instruction run's checkpoint) or the `model` spec. The reference
@@ -98,7 +99,6 @@ class PreferenceTuning(InstructionTuning):
         nll_weight: float = 0.0,
         reference: str = "frozen",
         init_from: str | None = None,
-        head_on_targets_only: bool = True,
         compile: bool = False,
         lora: dict[str, Any] | None = None,
         **renamed: Any,
@@ -107,7 +107,7 @@ class PreferenceTuning(InstructionTuning):
         adapters = LoRASettings(**(lora or {}))
         check_lora_base(adapters, model, init_from)
         # Built without adapters: the starting weights load into the plain GPT, then adapters are added.
-        super().__init__(model, prompt_style, optimizer, head_on_targets_only, False, None, **renamed)
+        super().__init__(model, prompt_style, optimizer, None, **renamed)
         if init_from is not None:
             load_initial_weights(self.model, init_from)
         self.lora = adapters
@@ -235,15 +235,6 @@ class PreferenceTuning(InstructionTuning):
             )
         return loss
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """The loss is a mean over pairs: Lightning's accumulation and DDP's averaging need no rescaling."""
-
-    def on_validation_epoch_end(self) -> None:
-        """Validation metrics are logged per batch and averaged over pairs by Lightning."""
-
-    def on_test_epoch_end(self) -> None:
-        """Test metrics are logged per batch and averaged over pairs by Lightning."""
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         if self.reference_logps:
@@ -264,6 +255,9 @@ def rebuild_hparams(hparams: dict[str, Any], base_weights: str | None = None) ->
     """A DPO checkpoint's hyperparameters for rebuilding its policy to use it: no reference copy, and the
     starting weights read again only for a LoRA run (whose checkpoint holds the adapters alone)."""
     lora = (hparams.get("lora") or {}).get("r") is not None
+    # Older DPO runs saved `head_on_targets_only`, which never had an effect (the log-probabilities always
+    # run the LM head on the response tokens alone).
+    hparams = {k: v for k, v in hparams.items() if k != "head_on_targets_only"}
     return {
         **hparams,
         "model": rebuild_spec(hparams, base_weights),

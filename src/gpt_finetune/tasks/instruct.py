@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from typing import Any
 
 import torch
 from torchmetrics import MeanMetric
 
 from gpt_finetune.errors import UserError
-from gpt_finetune.tasks.base import FinetuneTask, Stage
+from gpt_finetune.tasks.base import Stage
+from gpt_finetune.tasks.generating import GeneratingTask
 from gpt_finetune.tasks.loss import PACKING_KEYS, masked_lm_loss_sum
 
 
-class InstructionTuning(FinetuneTask):
-    """A GPT built from `model` (the `model/` config spec); `prompt_style` is saved in every checkpoint."""
+class InstructionTuning(GeneratingTask):
+    """Masked next-token cross-entropy: a mean over every target token of the effective batch."""
 
     def __init__(
         self,
@@ -27,19 +26,13 @@ class InstructionTuning(FinetuneTask):
         lora: dict[str, Any] | None = None,
         **renamed: Any,
     ) -> None:
-        super().__init__(model, optimizer, lora, **renamed)
+        super().__init__(model, prompt_style, optimizer, lora, **renamed)
         self.add_adapters()  # with task.lora the LM head stays frozen, as the embedding it started from
         self.head_on_targets_only = head_on_targets_only
         self.loss_fn = torch.compile(masked_lm_loss_sum, dynamic=True) if compile else masked_lm_loss_sum
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self._window_tokens = torch.zeros(())  # target tokens in the current accumulation window
-        self._batch_shape: tuple[int, ...] = (0, 0)
-        self._batch_tokens = 0
-        self._batch_ends: deque[tuple[float, int]] = deque(maxlen=11)  # (time, target tokens)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids)
 
     def setup(self, stage: str) -> None:
         """A packed row must fit the model's context (the data's max_length is checked before fitting)."""
@@ -76,15 +69,6 @@ class InstructionTuning(FinetuneTask):
         # over every target token of the effective batch (all micro-batches, all ranks).
         return loss_sum
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
-
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         tokens = self._window_tokens
         if self.trainer.world_size > 1:
@@ -95,9 +79,6 @@ class InstructionTuning(FinetuneTask):
             if param.grad is not None:
                 param.grad.mul_(scale.to(param.grad.dtype))
         self._window_tokens = torch.zeros((), device=tokens.device)
-
-    def on_validation_start(self) -> None:
-        self._batch_ends.clear()  # validation time is not training time
 
     def on_validation_epoch_end(self) -> None:
         self._log_split("val")
@@ -111,21 +92,3 @@ class InstructionTuning(FinetuneTask):
         metric.reset()
         self.log_loss(stage, loss, sync_dist=True)
         self.log(f"{stage}/ppl", torch.exp(loss.clamp(max=50)), sync_dist=True)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Target (non-padding) tokens/s of the last 10 batches, wall time between batch ends, all ranks."""
-        self._batch_ends.append((time.perf_counter(), self._batch_tokens))
-        if len(self._batch_ends) > 1:
-            elapsed = self._batch_ends[-1][0] - self._batch_ends[0][0]
-            tokens = sum(n for _, n in list(self._batch_ends)[1:])
-            rate = torch.tensor(tokens / elapsed, device=self.device)
-            self.log("train/target_tokens_per_s", rate, batch_size=1, sync_dist=True, reduce_fx="sum")
-
-    @property
-    def flops_per_batch(self) -> int:
-        """Model FLOPs of the last training batch, forward + backward (ThroughputMonitor's MFU reads it)."""
-        rows, width = self._batch_shape
-        if not self.lora.enabled:
-            return self.model.config.training_flops(rows, width)
-        adapters = sum(p.numel() for name, p in self.model.named_parameters() if ".lora_" in name)
-        return self.model.config.training_flops(rows, width, frozen=True, adapters=adapters)
