@@ -72,13 +72,31 @@ def run_config(run_dir: Path) -> dict[str, Any]:
     return plain_dict(OmegaConf.load(path)) if path.is_file() else {}
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A train.py checkpoint's contents (tensors memory-mapped, read as they are used); one line when the
+    file is truncated, not a checkpoint, or not loadable weights-only."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:
+        raise UserError(
+            f"{path}: cannot read the checkpoint ({type(error).__name__}); pass a .ckpt written by train.py"
+        ) from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: not a train.py checkpoint; pass a .ckpt written by train.py")
+    return saved
+
+
 def load_finetuned(
-    ckpt: Path, device: str | torch.device = "cpu", base_weights: str | None = None
+    ckpt: Path,
+    device: str | torch.device = "cpu",
+    base_weights: str | None = None,
+    checkpoint: dict[str, Any] | None = None,
 ) -> Finetuned:
-    """The GPT in a Lightning instruction-tuning checkpoint, built from its saved spec without downloads."""
+    """The GPT in a Lightning instruction-tuning checkpoint, built from its saved spec without downloads;
+    `checkpoint`: its contents when already read."""
     from gpt_finetune.tasks.dpo import rebuild_task
 
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint = checkpoint if checkpoint is not None else read_checkpoint(ckpt)
     hparams = checkpoint.get("hyper_parameters", {})
     model = rebuild_task(checkpoint, str(ckpt), base_weights).model.to(device).eval()
     data = checkpoint.get("datamodule_hyper_parameters", {})

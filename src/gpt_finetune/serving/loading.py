@@ -19,7 +19,7 @@ from gpt_finetune.config import plain_dict
 from gpt_finetune.data.prompts import prompt_style as check_style
 from gpt_finetune.devices import resolve_device
 from gpt_finetune.errors import UserError
-from gpt_finetune.evaluation.run_dir import find_checkpoint, load_finetuned, run_config
+from gpt_finetune.evaluation.run_dir import find_checkpoint, load_finetuned, read_checkpoint, run_config
 from gpt_finetune.model import GPT
 from gpt_finetune.model.build import build_gpt
 from gpt_finetune.tasks.adapters import merge_lora
@@ -75,12 +75,7 @@ def load_checkpoint(
 ) -> UsableModel:
     """The model in a train.py checkpoint, built from its saved spec with no download (a LoRA run's base
     from its source, or `base_weights`)."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # truncated, not a checkpoint, or not weights-only: one line, no trace
-        raise UserError(
-            f"{path}: cannot read the checkpoint ({type(error).__name__}); pass a .ckpt written by train.py"
-        ) from None
+    saved = read_checkpoint(path)  # read once: the model is built from these contents
     hparams = dict(saved.get("hyper_parameters", {}))
     kind = checkpoint_kind(hparams, path)
     folder = run_dir if run_dir is not None else _run_dir_of(path)
@@ -96,7 +91,7 @@ def load_checkpoint(
         "config": run_config(folder) if folder is not None else {},
     }
     if kind == "classify":
-        classifier = load_classifier(path, device, base_weights)
+        classifier = load_classifier(path, device, base_weights, checkpoint=saved)
         return UsableModel(
             "classify",
             classifier.model,
@@ -105,21 +100,26 @@ def load_checkpoint(
             labels=list(classifier.labels),
             **common,
         )
-    finetuned = load_finetuned(path, device, base_weights)
+    finetuned = load_finetuned(path, device, base_weights, checkpoint=saved)
     return UsableModel("instruct", finetuned.model, style or finetuned.prompt_style, **common)
 
 
 def load_classifier(
-    path: Path, device: str | torch.device = "cpu", base_weights: str | None = None
+    path: Path,
+    device: str | torch.device = "cpu",
+    base_weights: str | None = None,
+    checkpoint: dict[str, Any] | None = None,
 ) -> Classification:
-    """The classifier in `path`, built from its saved spec with no weight download (weights_only load)."""
-    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    """The classifier in `path`, built from its saved spec with no weight download (weights_only load);
+    `checkpoint`: its contents when already read."""
+    saved = checkpoint if checkpoint is not None else read_checkpoint(path)
     hparams = saved.get("hyper_parameters", {})
     if "labels" not in hparams or "model" not in hparams:
         raise UserError(f"{path}: not a classification checkpoint (no labels); train with task=classify")
-    spec = rebuild_spec(hparams, base_weights)
-    task = Classification.load_from_checkpoint(path, map_location=device, weights_only=True, model=spec)
-    return task.eval()
+    task = Classification(**{**hparams, "model": rebuild_spec(hparams, base_weights)})
+    task.on_load_checkpoint(saved)  # a LoRA checkpoint: the frozen base filled in
+    task.load_state_dict(saved["state_dict"])
+    return task.to(device).eval()
 
 
 def load_model(
