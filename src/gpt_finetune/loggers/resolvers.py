@@ -1,4 +1,4 @@
-"""Config resolvers for the loggers: run and sweep names, MLflow's local store, W&B's offline switch."""
+"""Config resolvers for the loggers: run and sweep names, MLflow's store, W&B's offline switch."""
 
 from __future__ import annotations
 
@@ -28,10 +28,15 @@ def folder_name(path: str) -> str:
     return Path(path).name
 
 
-def sqlite_uri(path: str) -> str:
-    """`${sqlite_uri:outputs/mlflow/mlflow.db}`: the SQLite database at `path` (absolute) as a tracking URI;
-    its folder is made, since SQLite makes only the file."""
-    database = Path(path).expanduser().absolute()
+def mlflow_uri(local_database: str) -> str:
+    """`${mlflow_uri:outputs/mlflow/mlflow.db}`: `MLFLOW_TRACKING_URI` when set (MLflow's own convention),
+    else the SQLite database at `local_database` (absolute), whose folder is made (SQLite makes only the file).
+
+    One resolver, not `${oc.env:...,${...}}`: OmegaConf resolves a default before it knows it is not needed.
+    """
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    database = Path(local_database).expanduser().absolute()
     database.parent.mkdir(parents=True, exist_ok=True)
     return f"{SQLITE}{database}"
 
@@ -71,7 +76,7 @@ def wandb_key_configured() -> bool:
 RESOLVERS: dict[str, Callable[..., Any]] = {
     "sweep_name": sweep_name,
     "folder_name": folder_name,
-    "sqlite_uri": sqlite_uri,
+    "mlflow_uri": mlflow_uri,
     "artifacts_beside": artifacts_beside,
     "wandb_offline": wandb_offline,
 }
