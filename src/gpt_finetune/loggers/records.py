@@ -77,9 +77,9 @@ def log_results(
 
 
 def add_hparams_row(logger: TensorBoardLogger, params: dict[str, bool | int | float | str]) -> None:
-    """A session of TensorBoard's hparams plugin in the logger's folder: `params`, and as metrics the last
-    value of every scalar there (the plugin reads them). No experiment summary: without one, the plugin takes
-    the union of every run's params as the table's columns, so runs with other overrides fit in one table."""
+    """A row (session) of TensorBoard's hparams plugin in the logger's folder: `params`, and as metrics the
+    last value of every scalar there (the plugin reads them). No experiment summary: without one, the plugin
+    takes the union of every run's params as the table's columns, so runs with other overrides fit in one."""
     from torch.utils.tensorboard.summary import hparams  # late: it imports much of tensorboard
 
     _, session_start, session_end = hparams(params, {})
@@ -89,8 +89,8 @@ def add_hparams_row(logger: TensorBoardLogger, params: dict[str, bool | int | fl
 
 
 def store_files(logger: Logger, files: list[Path]) -> None:
-    """Copy `files` into the tracker's own storage: MLflow artifacts, W&B run files (under `<run folder>/`,
-    beside W&B's own config.yaml)."""
+    """`files` into the tracker's own storage: MLflow's artifacts (copied), W&B's run files (linked, uploaded
+    online or by `wandb sync`; under `<run folder>/`, apart from W&B's own config.yaml)."""
     existing = [f for f in files if f.is_file()]
     if isinstance(logger, MLFlowLogger):
         for path in existing:

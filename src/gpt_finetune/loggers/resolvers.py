@@ -30,7 +30,7 @@ def folder_name(path: str) -> str:
 
 def mlflow_uri(local_database: str) -> str:
     """`${mlflow_uri:outputs/mlflow/mlflow.db}`: `MLFLOW_TRACKING_URI` when set (MLflow's own convention),
-    else the SQLite database at `local_database` (absolute), whose folder is made (SQLite makes only the file).
+    else the SQLite database at `local_database` (absolute), whose folder is made (SQLite makes the file).
 
     One resolver, not `${oc.env:...,${...}}`: OmegaConf resolves a default before it knows it is not needed.
     """
