@@ -52,8 +52,8 @@ def run(cfg: DictConfig) -> float:
         cfg = resumed_config(cfg)
     check_config(cfg)
     apply_init_from(cfg)
-    write_text(Path(cfg.output_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     loggers = build_loggers(cfg.logger)  # before any work: a tracker whose library is missing is one line
+    write_text(Path(cfg.output_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         log_config(loggers, cfg)
         best_score = train_and_test(cfg, loggers, started)
