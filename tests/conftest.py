@@ -47,16 +47,21 @@ def default_signal_handlers() -> None:
 
 
 def train(
-    *overrides: str, timeout: float = 600, script: str = "train.py", env: dict[str, str] | None = None
+    *overrides: str,
+    timeout: float = 600,
+    script: str = "train.py",
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
 ) -> subprocess.CompletedProcess:
-    """`python train.py OVERRIDES` (or another `script`) run from the checkout as a user would, output
-    captured, `env` added; the tests' support modules importable (`+callbacks.x._target_=...`).
+    """`python train.py OVERRIDES` (or another `script` of the checkout) run as a user would, from the
+    checkout (or `cwd`: its default outputs/ go there), output captured, `env` added; the tests' support
+    modules importable (`+callbacks.x._target_=...`).
     """
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | (env or {})
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), *filter(None, [env.get("PYTHONPATH")])])
     return subprocess.run(
-        [sys.executable, script, *overrides],
-        cwd=ROOT,
+        [sys.executable, str(ROOT / script), *overrides],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,

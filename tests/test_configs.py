@@ -131,7 +131,12 @@ def test_gpu_presets_build_on_cuda_unchanged(trainer: str, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("group", ["callbacks", "logger"])
-def test_callbacks_and_loggers_instantiate(group: str, tmp_path: Path) -> None:
+def test_callbacks_and_loggers_instantiate(
+    group: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server URI, never contacted (building the logger opens no connection): the default local store would
+    # be made under ./outputs, and making a SQLite store takes seconds (tests/e2e/test_tracked_sweep.py does).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     for choice in choices(group):
         cfg = compose_train(tmp_path, f"{group}={choice}")
         nodes = [node for node in cfg[group].values() if node is not None]  # null switches one off

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,7 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gpt_finetune.errors import UserError
+from gpt_finetune.loggers.resolvers import RESOLVERS as LOGGER_RESOLVERS
 from gpt_finetune.renames import move_renamed_keys
 from gpt_finetune.tasks.base import FinetuneTask
 
@@ -63,12 +65,17 @@ def resume_or(new_run_dir: str, *, _root_: DictConfig) -> str:
 
 
 def register_resolvers() -> None:
-    """Register the config resolvers (`${bundled:...}`, `${short_name:...}`, `${resume_or:...}`); each entry
-    point calls it before Hydra resolves its own config, and each command's `main` again (a SLURM job starts
-    in `main`). Idempotent.
+    """Register the config resolvers (`${bundled:...}`, `${short_name:...}`, `${resume_or:...}`, the loggers'
+    in `loggers/resolvers.py`); each entry point calls it before Hydra resolves its own config, and each
+    command's `main` again (a SLURM job starts in `main`). Idempotent.
     """
-    resolvers = (("bundled", bundled_path), ("short_name", short_name), ("resume_or", resume_or))
-    for name, resolver in resolvers:
+    resolvers: dict[str, Callable[..., Any]] = {
+        "bundled": bundled_path,
+        "short_name": short_name,
+        "resume_or": resume_or,
+        **LOGGER_RESOLVERS,
+    }
+    for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 

@@ -29,6 +29,7 @@ from gpt_finetune.evaluation.report import ReportData, render_report
 from gpt_finetune.evaluation.responses import generate_responses
 from gpt_finetune.evaluation.run_dir import load_finetuned, locate, run_config, test_records
 from gpt_finetune.evaluation.tensorboard_io import add_summaries, read_scalars
+from gpt_finetune.loggers.mlflow_runs import add_to_mlflow
 
 log = logging.getLogger(__name__)
 GENERATE_KEYS = ("max_new_tokens", "batch_size", "temperature", "top_k", "seed")
@@ -81,7 +82,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     step = responses.step if target.own_folder else None
     step = int(report.train_metrics.get("global_step") or 0) if step is None else step
     summary = dict(report.summary)
-    to_tensorboard(target, step, {f"eval/{k}": v for k, v in summary.items() if k != "records"})
+    figures = {f"eval/{k}": v for k, v in summary.items() if k != "records"}  # as TensorBoard tags
+    to_tensorboard(target, step, figures)
     log.info("responses: %s", ", ".join(f"{k} {v:.4g}" for k, v in summary.items() if v is not None))
     if judge is not None:
         judged = judge.judge(responses.records, responses.style)
@@ -93,6 +95,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
         log.info("judge: %s", judged["summary"])
         summary.update(judge_average=judged["average"], judge_scored=judged["scored"])
+        figures["judge/average"] = judged["average"]
+    to_trackers(target, config, step, figures)
     log.info("wrote %s in %.1f s", target.out_dir / "report.html", time.perf_counter() - started)
     return summary
 
@@ -218,6 +222,17 @@ def to_tensorboard(
         add_summaries(target.out_dir / "tensorboard", step, scalars, texts)
     elif (target.run_dir / "tensorboard").is_dir():
         add_summaries(target.run_dir / "tensorboard", step, scalars, texts)
+
+
+def to_trackers(target: Target, config: dict[str, Any], step: int, figures: dict[str, Any]) -> None:
+    """The report and scores into the run's MLflow run, when it logged to MLflow: a `run_dir=` evaluation's
+    files and figures (the TensorBoard tags); a `ckpt_path=` evaluation's files under `eval/<checkpoint>/`."""
+    files = [target.out_dir / name for name in ("report.html", "response_metrics.json", "judge_scores.json")]
+    if target.own_folder:
+        add_to_mlflow(config, files, target.out_dir.relative_to(target.run_dir).as_posix(), {}, step)
+        return
+    numbers = {k: float(v) for k, v in figures.items() if isinstance(v, int | float)}  # None: not measured
+    add_to_mlflow(config, files, None, numbers, step)
 
 
 def judge_text(judged: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -23,6 +24,8 @@ from gpt_finetune.console import quiet_lightning
 from gpt_finetune.devices import peak_memory_gib
 from gpt_finetune.errors import UserError, run_command
 from gpt_finetune.evaluation.run_dir import find_checkpoint
+from gpt_finetune.loggers.build import build_loggers
+from gpt_finetune.loggers.records import close_loggers, log_config, log_results
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +52,25 @@ def run(cfg: DictConfig) -> float:
         cfg = resumed_config(cfg)
     check_config(cfg)
     apply_init_from(cfg)
-    out = Path(cfg.output_dir)
-    write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    L.seed_everything(cfg.seed, workers=True)
+    loggers = build_loggers(cfg.logger)  # before any work: a tracker whose library is missing is one line
+    write_text(Path(cfg.output_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        log_config(loggers, cfg)
+        best_score = train_and_test(cfg, loggers, started)
+    except BaseException:
+        close_loggers(loggers, failed=True)
+        raise
+    close_loggers(loggers, failed=False)
+    return best_score
 
+
+def train_and_test(cfg: DictConfig, loggers: list[Logger], started: float) -> float:
+    """Fit, test the best (or last) weights, write metrics.json and record the results in the loggers."""
+    out = Path(cfg.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _convert_="all")
     task = instantiate(cfg.task, _convert_="all")
     check_fits(cfg, task)
-    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if not loggers:  # a learning-rate monitor has nowhere to write
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -99,6 +113,7 @@ def run(cfg: DictConfig) -> float:
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
         log.info("wrote %s", out / "metrics.json")
+        log_results(loggers, cfg, metrics, [out / "config.yaml", out / "metrics.json"])
     return best_score
 
 
@@ -128,7 +143,7 @@ def apply_init_from(cfg: DictConfig) -> None:
 
 
 def fsdp_tester(
-    cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Any], checkpoint: str | None
+    cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Logger], checkpoint: str | None
 ) -> tuple[L.Trainer, L.LightningModule, str]:
     """A fresh Trainer and task to test `checkpoint` (FSDP does not wrap a task it has wrapped already)."""
     if checkpoint is None:

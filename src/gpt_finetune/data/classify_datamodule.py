@@ -107,7 +107,7 @@ class ClassificationDataModule(FinetuneDataModule[TokenizedTexts]):
     ) -> None:
         super().__init__()
         self.labels = check_labels(labels)  # fail before any work
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # train.py logs the whole resolved config instead
         self.splits: dict[str, list[Example]] = {}
         self.width: int | None = None
         self.longest = 0

@@ -71,7 +71,7 @@ class InstructionDataModule(FinetuneDataModule[TokenizedInstructions | PackedRow
         super().__init__()
         prompt_style(style)  # fail before any work on an unknown style
         check_packing(packing, pack_length, max_length, group_by_length)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # train.py logs the whole resolved config instead
         self.splits: dict[str, list[Record]] = {}
 
     @property

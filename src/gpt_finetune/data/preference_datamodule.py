@@ -78,7 +78,7 @@ class PreferenceDataModule(FinetuneDataModule[TokenizedPairs]):
     ) -> None:
         super().__init__()
         prompt_style(style)  # fail before any work on an unknown style
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # train.py logs the whole resolved config instead
         self.splits: dict[str, list[Record]] = {}
 
     def build(self) -> None:

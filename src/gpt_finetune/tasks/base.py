@@ -54,10 +54,12 @@ class FinetuneTask(L.LightningModule):
         settings = optimizer_settings(optimizer, renamed)
         self.lora = LoRASettings(**(lora or {}))
         check_lora_base(self.lora, model)  # before the backbone is built (or downloaded)
-        self.save_hyperparameters(ignore=list(renamed))  # the __init__ arguments of every class up the chain
+        # The __init__ arguments of every class up the chain, then with `optimizer` and `lora` whole; not sent
+        # to the loggers (logger=False): train.py logs the whole resolved config there instead.
+        self.save_hyperparameters(ignore=list(renamed), logger=False)
         self.save_hyperparameters(
-            {**self.hparams, "optimizer": asdict(settings), "lora": asdict(self.lora)}
-        )  # ... with `optimizer` and `lora` whole
+            {**self.hparams, "optimizer": asdict(settings), "lora": asdict(self.lora)}, logger=False
+        )
         try:
             self.model = build_gpt(**model)
         except UserError as error:

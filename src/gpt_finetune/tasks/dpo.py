@@ -111,7 +111,9 @@ class PreferenceTuning(GeneratingTask):
         if init_from is not None:
             load_initial_weights(self.model, init_from)
         self.lora = adapters
-        self.save_hyperparameters({**self.hparams, "lora": asdict(adapters), "compile": compile})
+        self.save_hyperparameters(
+            {**self.hparams, "lora": asdict(adapters), "compile": compile}, logger=False
+        )
         self.add_adapters()
         self.logps_fn = torch.compile(response_logps, dynamic=True) if compile else response_logps
         # The frozen copy is kept out of the module tree: not in checkpoints (the start it copies rebuilds
