@@ -43,9 +43,7 @@ def check_settings(
         raise UserError("; ".join(problems))
 
 
-def rebuild_task(
-    checkpoint: dict[str, Any], source: str, base_weights: str | None = None
-) -> GeneratingTask:
+def rebuild_task(checkpoint: dict[str, Any], source: str, base_weights: str | None = None) -> GeneratingTask:
     """The instruction (or DPO) task a loaded checkpoint holds, built from its saved spec without
     downloads (a LoRA run's base from its source, or `base_weights`), its weights loaded."""
     hparams = checkpoint.get("hyper_parameters", {})
