@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from command_lines import Command, compose_command, documented_commands, parse
+from command_lines import COMMAND, ROOT, Command, commands_in, compose_command, documented_commands, parse
 
 COMMANDS = documented_commands()
 NEW_RUN = re.compile(r"outputs/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d")
@@ -30,6 +30,16 @@ def test_documented_command_composes(command: Command) -> None:
             assert re.fullmatch(r"outputs/multirun/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d/\d+_.+", folder), folder
         elif not any(a.startswith(("resume=", "hydra.run.dir=")) for a in command.args):
             assert NEW_RUN.fullmatch(folder), folder
+
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_command_line_of_every_page_is_collected(page: Path) -> None:
+    shown = [n for n, line in enumerate(page.read_text().splitlines(), 1) if COMMAND.search(line)]
+    collected = {int(c.source.rsplit(":", 1)[1]) for c in commands_in(page)}
+    assert [n for n in shown if n not in collected] == []  # e.g. a command in prose, outside code
 
 
 def test_a_plain_run_gets_a_new_dated_folder() -> None:
