@@ -73,6 +73,7 @@ def test_default_is_the_books_data_beside_the_checkout_and_help_says_so(
     assert f"(default: {data_file.BOOK_DATA})" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli_missing_data_exits_2_without_traceback(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "gpt_finetune.benchmarks.generation", "--data", "absent.json"],
@@ -107,6 +108,7 @@ def test_training_and_matrix_use_the_given_file(tmp_path: Path) -> None:
     assert args.data == data_path("sample") and args.data.name == "sample_instructions.json"
 
 
+@pytest.mark.slow
 def test_lora_benchmark_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--models", "tiny", "--precisions", "fp32", "--steps", "1", "--warmup", "0", "--batch-size", "2"]
     lora.main([*argv, "--rank", "4", "--data", str(records_file(tmp_path))])

@@ -30,6 +30,7 @@ for io, name in ((StreamingCheckpointIO(), "ours"), (TorchCheckpointIO(), "light
 """
 
 
+@pytest.mark.slow
 def test_saving_does_not_hold_the_serialized_checkpoint_in_memory(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", MEASURE, str(tmp_path)], capture_output=True, text=True, check=True

@@ -190,6 +190,7 @@ def test_chat_template_uses_the_prompt_style(tiny_model: GPT) -> None:
     assert adapter.apply_chat_template(turn) == format_prompt({"instruction": "Name a colour.", "input": ""})
 
 
+@pytest.mark.slow
 def test_loads_a_run_dir_and_runs_from_the_command_line(quickstart_run: Path, task_dir: Path) -> None:
     adapter = GPTFinetuneLM(run_dir=str(quickstart_run), device="cpu")
     state = torch.load(quickstart_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

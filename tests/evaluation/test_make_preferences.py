@@ -263,6 +263,7 @@ def progress_lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_the_same_command_resumes_without_asking_twice(
     judge_server: tuple[str, Judged], tmp_path: Path
 ) -> None:
@@ -304,6 +305,7 @@ def test_ctrl_c_then_the_same_command_resumes_without_asking_twice(
     assert sum(judged.received.values()) == 10 + 3  # only the 3 in flight were asked again
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_error_line() -> None:
     done = shim("data.path=/no/such/records.json", "judge.base_url=http://127.0.0.1:9")
     _, err = done.communicate(timeout=60)

@@ -180,6 +180,7 @@ def test_ckpt_path_writes_into_its_own_folder_and_never_over_the_runs_files(
     assert (point.step, point.value) == (step, pytest.approx(metrics["rouge_l_f1"], abs=1e-6))
 
 
+@pytest.mark.slow
 def test_cli_writes_into_the_run_dir_only(quickstart_copy: Path, tmp_path: Path) -> None:
     run_dir = quickstart_copy
     elsewhere = tmp_path / "cwd"

@@ -136,6 +136,7 @@ def test_classifier_to_gguf_is_refused_after_loading_and_writes_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cli_without_out_exits_2_with_one_line(run_train: Train, tmp_path: Path) -> None:
     done = run_train(f"run_dir={tmp_path}", "format=gguf", script="export.py", timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
@@ -201,6 +202,7 @@ class FakeHub:
         return Reply(200, {"Content-Type": "application/json"}, json.dumps(data).encode())
 
 
+@pytest.mark.slow
 def test_push_to_hub_creates_the_repo_and_uploads_every_file(quickstart_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "hf"
     env = {

@@ -66,6 +66,7 @@ def prompt_ids() -> torch.Tensor:
     return torch.tensor([gpt2_tokenizer().encode(TEXT)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("dtype", "tolerance"), [("f32", 1e-5), ("f16", 1e-3)])
 def test_transformers_loads_the_gguf_with_our_logits(
     usable: UsableModel, gguf_files: dict[str, Path], dtype: str, tolerance: float
@@ -105,6 +106,7 @@ def test_a_tied_head_travels_as_the_token_embedding_and_reads_back(
         assert (model.eval()(ids).logits - ours).abs().max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_transformers_reads_the_gguf_tokenizer_and_chat_template(gguf_files: dict[str, Path]) -> None:
     path = gguf_files["f16"]
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)

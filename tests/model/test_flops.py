@@ -13,7 +13,7 @@ from gpt_finetune.model import GPT, GPTConfig
 # Attention-heavy (small vocab and width, long rows), then gpt2-small (LM head and blocks dominate).
 SHAPES = [
     (GPTConfig(vocab_size=64, emb_dim=32, n_layers=2, n_heads=2, context_length=256), 2, 256),
-    (GPTConfig.from_size("gpt2-small", context_length=64), 1, 32),
+    pytest.param(GPTConfig.from_size("gpt2-small", context_length=64), 1, 32, marks=pytest.mark.slow),
 ]
 
 

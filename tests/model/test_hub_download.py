@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from loopback_hub import LoopbackServer, Reply, serving
 from safetensors.torch import load_file
@@ -77,6 +78,7 @@ def assert_same_weights(loaded: dict[str, torch.Tensor], model: GPT) -> None:
         assert torch.equal(loaded[name], tensor), name
 
 
+@pytest.mark.slow
 def test_pretrained_size_downloads_into_the_hub_cache_then_loads_offline(
     tiny_model: GPT, tmp_path: Path
 ) -> None:

@@ -29,7 +29,11 @@ def hf_twin(model: GPT, tmp_path) -> transformers.GPT2LMHeadModel:
     return transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ckpt").eval()
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+# gpt2-small (124M, random weights) in the end-to-end tier: building and saving it is most of its time.
+SHAPE_PARAMS = [pytest.param(name, marks=[pytest.mark.slow] if name != "tiny" else []) for name in SHAPES]
+
+
+@pytest.mark.parametrize("shape", SHAPE_PARAMS)
 def test_logits_match_transformers(shape: str, tmp_path) -> None:
     torch.manual_seed(0)
     model = GPT(SHAPES[shape]).eval()
@@ -42,7 +46,7 @@ def test_logits_match_transformers(shape: str, tmp_path) -> None:
     assert (ours - theirs).abs().max().item() <= 1e-4
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPE_PARAMS)
 def test_greedy_generation_matches_transformers(shape: str, tmp_path) -> None:
     torch.manual_seed(1)
     model = GPT(SHAPES[shape]).eval()

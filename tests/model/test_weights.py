@@ -99,12 +99,14 @@ def run_hub(name: str, hf_home: Path) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.slow
 def test_offline_without_cache_says_how_to_fix(tmp_path: Path) -> None:
     out = run_hub("gpt2-medium", tmp_path / "hf")
     assert out.startswith("ERROR cannot get openai-community/gpt2-medium")
     assert "model.pretrained=false" in out and "model.weights=PATH" in out
 
 
+@pytest.mark.slow
 def test_hub_name_is_served_from_the_cache_offline(tiny_model: GPT, tmp_path: Path) -> None:
     """A Hub cache laid out as huggingface_hub writes it serves `gpt2` with HF_HUB_OFFLINE=1."""
     repo = tmp_path / "hf" / "hub" / "models--openai-community--gpt2"
