@@ -22,6 +22,7 @@ from gpt_finetune.evaluation.judge_client import (
     TransientError,
     Unreachable,
 )
+from gpt_finetune.serving.conversation import render_messages
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,12 @@ _OUT_OF = re.compile(r"(/|out of)\s*$", re.IGNORECASE)
 
 
 def judge_prompt(record: Mapping[str, Any], style: str) -> str:
-    """The book's judge prompt for one record, with the prompt formatted as the model saw it."""
-    prompt = format_prompt(record, style).rstrip()
+    """The book's judge prompt for one record, with the prompt (a conversation's turns) formatted as the
+    model saw it."""
+    shown = (
+        render_messages(record["messages"], style) if "messages" in record else format_prompt(record, style)
+    )
+    prompt = shown.rstrip()
     return PROMPT.format(prompt=prompt, output=record["output"], response=record["model_response"])
 
 
