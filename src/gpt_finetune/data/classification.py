@@ -110,7 +110,7 @@ def read_rows(text: str, source: str, fmt: Format, text_column: Column, label_co
             if isinstance(column, str) and column not in header:
                 raise UserError(
                     f"{source}: line 1 (header) has no {role} column {column!r} (columns: "
-                    f"{', '.join(header)}); set data.{role}_column to one of them"
+                    f"{', '.join(header)}); set data.fields.{role} (or data.{role}_column) to one of them"
                 )
     indices = {role: header.index(c) if isinstance(c, str) else c for role, c in columns.items()}
     need = max(indices.values()) + 1

@@ -158,6 +158,6 @@ def check_order(messages: list[Message], place: Place, ending: str) -> None:
         raise place.error("has no assistant turn; add the answer to learn")
     if messages[-1]["role"] != ending:
         what = "an answer to learn" if ending == "assistant" else "the user turn the pair answers"
-        raise place.error(
-            f"ends with a {messages[-1]['role']} turn (turn {len(messages) - 1}); end it with {what}"
-        )
+        last = messages[-1]["role"]
+        article = "an" if last == "assistant" else "a"
+        raise place.error(f"ends with {article} {last} turn (turn {len(messages) - 1}); end it with {what}")
