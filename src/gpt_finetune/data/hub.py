@@ -28,9 +28,9 @@ class HubDataset:
     revision: str | None = None
 
     def name(self, filename: str | None = None) -> str:
-        """The `hf://` name of the repo or of one of its files, for messages."""
-        path = "/".join(filter(None, [HUB_PREFIX + self.repo_id, filename or self.filename]))
-        return path + (f"@{self.revision}" if self.revision else "")
+        """The `hf://` name of the repo or of one of its files (`.../NAME@REVISION/FILE`), for messages."""
+        repo = HUB_PREFIX + self.repo_id + (f"@{self.revision}" if self.revision else "")
+        return "/".join(filter(None, [repo, filename or self.filename]))
 
 
 def is_hub(source: str) -> bool:

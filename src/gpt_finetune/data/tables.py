@@ -31,7 +31,7 @@ def read_table(path: Path, source: str, shape: str) -> list[Located]:
     """The records of the file at `path` (named `source` in messages); `shape` is how one looks."""
     if is_parquet(path):
         return read_parquet(path, source)
-    delimiter = CSV_DELIMITERS.get(Path(source.split("?")[0]).suffix.lower())
+    delimiter = CSV_DELIMITERS.get(path.suffix.lower())  # a URL's or Hub file's cached copy keeps its name
     if delimiter is not None:
         return read_csv(read_utf8(path, source), source, delimiter)
     return read_records(read_utf8(path, source), source, shape)
