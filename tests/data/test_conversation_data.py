@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from gpt_finetune.data.conversation_datamodule import ConversationDataModule
+from gpt_finetune.data.conversation_prompts import prompt_tokens
 from gpt_finetune.data.conversations import load_conversations, whole
 from gpt_finetune.errors import UserError
 from gpt_finetune.evaluation.responses import generate_responses
 from gpt_finetune.model import GPT, GPTConfig
-from gpt_finetune.serving.conversation import prompt_tokens
 from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
 
 OPENAI = [

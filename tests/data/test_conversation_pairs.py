@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from gpt_finetune.data.collate import IGNORE_INDEX
+from gpt_finetune.data.conversation_prompts import prompt_tokens
 from gpt_finetune.data.preference_datamodule import PreferenceDataModule, load_pairs
 from gpt_finetune.errors import UserError
-from gpt_finetune.serving.conversation import prompt_tokens
 from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
 
 PROMPT = [

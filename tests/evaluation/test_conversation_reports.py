@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import html
 
+from gpt_finetune.data.conversation_prompts import render_messages
 from gpt_finetune.evaluation.judge import judge_prompt
 from gpt_finetune.evaluation.metrics import score_record
 from gpt_finetune.evaluation.report import ReportData, render_report
-from gpt_finetune.serving.conversation import render_messages
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},

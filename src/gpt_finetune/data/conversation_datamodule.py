@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt_finetune.data.collate import IGNORE_INDEX, collate_labelled
+from gpt_finetune.data.conversation_prompts import TRAIN_ON, TrainOn, training_tokens
 from gpt_finetune.data.conversations import (
     FIELDS,
     FORMATS,
@@ -30,7 +31,6 @@ from gpt_finetune.data.instructions import split_records
 from gpt_finetune.data.packing import collate_packed
 from gpt_finetune.data.prompts import prompt_style
 from gpt_finetune.errors import UserError
-from gpt_finetune.serving.conversation import TRAIN_ON, TrainOn, training_tokens
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gpt_finetune.data.base import FinetuneDataModule
 from gpt_finetune.data.collate import collate_instructions
+from gpt_finetune.data.conversation_prompts import prompt_tokens
 from gpt_finetune.data.conversations import Place, read_conversation
 from gpt_finetune.data.fields import check_fields
 from gpt_finetune.data.instructions import split_records, validate_record
@@ -19,7 +20,6 @@ from gpt_finetune.data.json_records import json_kind
 from gpt_finetune.data.prompts import format_prompt, prompt_style
 from gpt_finetune.data.tables import records_of
 from gpt_finetune.errors import UserError
-from gpt_finetune.serving.conversation import prompt_tokens
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from gpt_finetune.data.conversation_prompts import render_messages
 from gpt_finetune.data.prompts import format_prompt
 from gpt_finetune.errors import UserError
 from gpt_finetune.evaluation.judge_client import (
@@ -22,7 +23,6 @@ from gpt_finetune.evaluation.judge_client import (
     TransientError,
     Unreachable,
 )
-from gpt_finetune.serving.conversation import render_messages
 
 log = logging.getLogger(__name__)
 

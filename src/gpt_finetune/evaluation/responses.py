@@ -11,10 +11,10 @@ import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 from tqdm import tqdm
 
+from gpt_finetune.data.conversation_prompts import prompt_tokens
 from gpt_finetune.data.instructions import Record
 from gpt_finetune.data.prompts import format_prompt
 from gpt_finetune.model import GPT
-from gpt_finetune.serving.conversation import prompt_tokens
 from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
 
 

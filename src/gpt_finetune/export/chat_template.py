@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
+from gpt_finetune.data.conversation_prompts import END_OF_TURN, TURN_SEPARATOR
 from gpt_finetune.data.prompts import prompt_style
-from gpt_finetune.serving.conversation import END_OF_TURN, TURN_SEPARATOR
 
 _MARK = "\x00content\x00"  # stands for the content while the style is rendered; no style contains it
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gpt_finetune.data.conversation_prompts import END_OF_TURN, TURN_SEPARATOR
 from gpt_finetune.errors import UserError
 from gpt_finetune.export.chat_template import user_turn
-from gpt_finetune.serving.conversation import END_OF_TURN, TURN_SEPARATOR
 from gpt_finetune.tokenizer import END_OF_TEXT_STRING
 
 GGUF_NAME = "model.gguf"
