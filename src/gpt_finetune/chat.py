@@ -22,10 +22,9 @@ from omegaconf import DictConfig
 from gpt_finetune.config import register_resolvers
 from gpt_finetune.data.prompts import prompt_style
 from gpt_finetune.errors import UserError, run_command
-from gpt_finetune.serving.conversation import render_messages
+from gpt_finetune.serving.conversation import prompt_tokens
 from gpt_finetune.serving.loading import UsableModel, load_configured
 from gpt_finetune.serving.streaming import TextStream
-from gpt_finetune.tokenizer import gpt2_tokenizer
 
 Message = dict[str, str]
 PROMPT = "> "
@@ -102,8 +101,7 @@ class Conversation:
         self.turns = []
 
     def encode(self, messages: list[Message]) -> list[int]:
-        text = render_messages(messages, self.model.prompt_style)
-        return gpt2_tokenizer().encode(text, disallowed_special=())
+        return prompt_tokens(messages, self.model.prompt_style)
 
     def fitted_prompt(self) -> list[int]:
         """The conversation's tokens, its oldest exchanges forgotten until it leaves room to answer."""

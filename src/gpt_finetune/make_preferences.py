@@ -119,7 +119,7 @@ def make_preferences(cfg: DictConfig) -> dict[str, Any]:
     problems = settings_problems(cfg)
     if problems:
         raise UserError("; ".join(problems))
-    every = load_records(cfg.data.path, cfg.data.cache_dir)
+    every = load_records(cfg.data.path, cfg.data.cache_dir, mapping=cfg.data.get("fields"))
     records = every[: cfg.limit] if cfg.limit is not None else every
     out = output_path(cfg.out, str(cfg.data.path))
     source = str(cfg.data.path)

@@ -155,7 +155,9 @@ def reference_collate(
     for row, seq in enumerate(seqs):
         padded = [*seq, EOS] + [EOS] * (longest - len(seq))
         target = padded[1:]
-        first = target.index(EOS)
+        # The first end-of-text after the prompt (a conversation prompt has its own), up to the appended one.
+        start = max(prompt_lengths[row] - 1, 0) if prompt_lengths is not None else 0
+        first = next((j for j in range(start, len(seq)) if target[j] == EOS), None)
         target = [t if t != EOS or j == first else IGNORE for j, t in enumerate(target)]
         if prompt_lengths is not None:
             target = [IGNORE if j < prompt_lengths[row] - 1 else t for j, t in enumerate(target)]

@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 
 from gpt_finetune.chat import PROMPT, turn_stops
 from gpt_finetune.predict import literal_text_argv
-from gpt_finetune.serving.conversation import render_messages
+from gpt_finetune.serving.conversation import prompt_tokens
 from gpt_finetune.serving.loading import UsableModel, load_model
 from gpt_finetune.serving.streaming import TextStream
 from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
@@ -46,9 +46,7 @@ def assistant(text: str) -> Message:
 
 def answer_tokens(model: UsableModel, messages: list[Message], **settings: Any) -> list[int]:
     """`GPT.generate`'s tokens for the conversation `messages` in the run's prompt style."""
-    text = render_messages(messages, model.prompt_style)
-    prompt = gpt2_tokenizer().encode(text, disallowed_special=())
-    return model.gpt.generate([prompt], **settings)[0]
+    return model.gpt.generate([prompt_tokens(messages, model.prompt_style)], **settings)[0]
 
 
 def streamed(tokens: list[int], stops: list[str]) -> tuple[list[str], str]:

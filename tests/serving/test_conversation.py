@@ -29,7 +29,7 @@ def test_alpaca_conversation_golden() -> None:
     )
     assert render_messages(messages, "alpaca") == (
         "Be brief.\n\n"
-        f"{preamble}\n\n### Instruction:\nName a colour.\n\n### Response:\nRed.\n\n"
+        f"{preamble}\n\n### Instruction:\nName a colour.\n\n### Response:\nRed.<|endoftext|>"
         f"{preamble}\n\n### Instruction:\nAnother?\n\n### Response:\n"
     )
 
@@ -41,7 +41,7 @@ def test_phi3_conversation_golden() -> None:
         {"role": "user", "content": "2+2?"},
     ]
     assert render_messages(messages, "phi3") == (
-        "<|user|>\nHi\n<|assistant|>:\nHello.\n\n<|user|>\n2+2?\n<|assistant|>:\n"
+        "<|user|>\nHi\n<|assistant|>:\nHello.<|endoftext|><|user|>\n2+2?\n<|assistant|>:\n"
     )
 
 

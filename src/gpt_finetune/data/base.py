@@ -1,4 +1,4 @@
-"""What every DataModule shares: fetching a URL once, building the splits once, and the loaders."""
+"""What every DataModule shares: fetching a URL or Hub dataset once, building the splits once, loaders."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader, Dataset
 
-from gpt_finetune.data.download import fetch, is_url
 from gpt_finetune.data.sampling import ResumableDataLoader, training_sampler
+from gpt_finetune.data.sources import prefetch
 
 D = TypeVar("D", bound=Dataset)
 
@@ -35,8 +35,7 @@ class FinetuneDataModule(L.LightningDataModule, Generic[D]):
         return hparams
 
     def prepare_data(self) -> None:
-        if is_url(self.hparams.path):
-            fetch(self.hparams.path, self.hparams.cache_dir)
+        prefetch(self.hparams.path, self.hparams.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:  # fit, validate and test share one set of splits

@@ -1,4 +1,5 @@
-"""Labelled texts: read UCI SMS / CSV / TSV / JSONL (local, zip or URL), map labels to ids, balance, split."""
+"""Labelled texts: read UCI SMS / CSV / TSV / JSONL / parquet (local, zip, URL, Hub), map labels, balance,
+split."""
 
 from __future__ import annotations
 
@@ -6,19 +7,23 @@ import csv
 import io
 import random
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from gpt_finetune.artifacts import atomic_path
 from gpt_finetune.data.download import cached_path, fetch, is_url
+from gpt_finetune.data.fields import columns_of
+from gpt_finetune.data.hub import hub_files, is_hub
 from gpt_finetune.data.json_records import json_kind, read_lines, read_utf8
 from gpt_finetune.data.splits import split_shares
+from gpt_finetune.data.tables import is_parquet, read_parquet
 from gpt_finetune.errors import UserError
 
-Format = Literal["auto", "csv", "tsv", "jsonl"]
+Format = Literal["auto", "csv", "tsv", "jsonl", "parquet"]
 Column = int | str
-Row = tuple[int, Any, Any]  # (line, text, label) as read
+Row = tuple[int, Any, Any]  # (line, or parquet record, text, label) as read
 SPLITS = ("train", "val", "test")
 csv.field_size_limit(
     2**31 - 1
@@ -67,11 +72,24 @@ def resolve_source(path: str, member: str | None = None, cache_dir: str | None =
 
 
 def resolve_format(path: Path, fmt: Format) -> Format:
-    """`auto`: .csv -> csv, .jsonl / .json -> jsonl, anything else (SMSSpamCollection, .tsv, .txt) -> tsv."""
+    """`auto`: .csv -> csv, .jsonl / .json -> jsonl, .parquet -> parquet, anything else (SMSSpamCollection,
+    .tsv, .txt) -> tsv; a parquet file by any name is found by its magic bytes (`read_file`)."""
     if fmt != "auto":
         return fmt
     suffix = path.suffix.lower()
-    return "csv" if suffix == ".csv" else "jsonl" if suffix in (".jsonl", ".json") else "tsv"
+    kinds: dict[str, Format] = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+    return kinds.get(suffix, "tsv")
+
+
+def read_file(
+    local: Path, source: str, fmt: Format, text_column: Column, label_column: Column
+) -> tuple[list[Row], str]:
+    """(line or record, text, label) of every record of one file, and which of the two the numbers are."""
+    if fmt == "parquet" or (fmt == "auto" and is_parquet(local)):
+        records = [(i, item) for i, (item, _) in enumerate(read_parquet(local, source))]
+        return keyed_rows(records, source, text_column, label_column, "record"), "record"
+    text = read_utf8(local, source)
+    return read_rows(text, source, resolve_format(local, fmt), text_column, label_column), "line"
 
 
 def read_rows(text: str, source: str, fmt: Format, text_column: Column, label_column: Column) -> list[Row]:
@@ -92,7 +110,7 @@ def read_rows(text: str, source: str, fmt: Format, text_column: Column, label_co
             if isinstance(column, str) and column not in header:
                 raise UserError(
                     f"{source}: line 1 (header) has no {role} column {column!r} (columns: "
-                    f"{', '.join(header)}); set data.{role}_column to one of them"
+                    f"{', '.join(header)}); set data.fields.{role} (or data.{role}_column) to one of them"
                 )
     indices = {role: header.index(c) if isinstance(c, str) else c for role, c in columns.items()}
     need = max(indices.values()) + 1
@@ -138,37 +156,48 @@ def parse_next(reader: Any, source: str, fmt: Format, line: int) -> list[str] | 
 
 def read_jsonl(text: str, source: str, text_column: Column, label_column: Column) -> list[Row]:
     """(line, text, label) from one JSON object per line; the columns are key names."""
+    return keyed_rows(read_lines(text, source), source, text_column, label_column, "line")
+
+
+def keyed_rows(
+    records: list[tuple[int, Any]], source: str, text_column: Column, label_column: Column, unit: str
+) -> list[Row]:
+    """(number, text, label) from records read by key (JSONL lines, parquet rows: `unit`)."""
     if not (isinstance(text_column, str) and isinstance(label_column, str)):
         raise UserError(
-            f"{source}: JSONL is read by key; set data.text_column and data.label_column to names"
+            f"{source}: {'JSONL' if unit == 'line' else 'parquet'} is read by key; "
+            "set data.text_column and data.label_column (or data.fields) to names"
         )
     rows = []
-    for number, record in read_lines(text, source):
+    for number, record in records:
         for role, key in (("label", label_column), ("text", text_column)):
             if not isinstance(record, dict) or key not in record:
+                columns = columns_of(record) if isinstance(record, dict) else ""
                 raise UserError(
-                    f"{source}: line {number} has no {role} key {key!r}; add it or set data.{role}_column"
+                    f"{source}: {unit} {number} has no {role} key {key!r}{columns}; add it or set "
+                    f"data.fields.{role} (data.{role}_column)"
                 )
         rows.append((number, record[text_column], record[label_column]))
     return rows
 
 
-def to_examples(rows: list[Row], labels: list[str], source: str) -> list[Example]:
-    """Examples with label ids (the position in `labels`); a one-line error names the bad line."""
+def to_examples(rows: list[Row], labels: list[str], source: str, unit: str = "line") -> list[Example]:
+    """Examples with label ids (the position in `labels`); a one-line error names the bad line (or
+    parquet record: `unit`)."""
     ids = {name: i for i, name in enumerate(labels)}
     examples = []
     for line, text, raw_label in rows:
         label = str(raw_label).strip()
         if label not in ids:
             raise UserError(
-                f"{source}: line {line}: label {label!r} is not one of {', '.join(labels)}; "
+                f"{source}: {unit} {line}: label {label!r} is not one of {', '.join(labels)}; "
                 "fix the line or add the label to data.labels"
             )
         if not isinstance(text, str):
             kind = json_kind(text)
-            raise UserError(f"{source}: line {line}: text is {kind}, not a string; make it a string")
+            raise UserError(f"{source}: {unit} {line}: text is {kind}, not a string; make it a string")
         if not text.strip():
-            raise UserError(f"{source}: line {line}: empty text; remove the line or write its text")
+            raise UserError(f"{source}: {unit} {line}: empty text; remove the {unit} or write its text")
         examples.append(Example(text, ids[label], line))
     return examples
 
@@ -200,13 +229,19 @@ def load_examples(
     label_column: Column = 0,
     member: str | None = None,
     cache_dir: str | None = None,
+    fields: Mapping[str, str] | None = None,
 ) -> list[Example]:
-    """Validated examples from a path, zip or URL (UCI SMS layout by default: `label<TAB>text`, no header)."""
+    """Validated examples from a path, zip, URL or Hub dataset (UCI SMS layout by default: `label<TAB>text`,
+    no header); `fields` (`{text: COLUMN, label: COLUMN}`) names the columns instead of the two settings."""
     names = check_labels(labels)
-    local, source = resolve_source(path, member, cache_dir)
-    rows = read_rows(read_utf8(local, source), source, resolve_format(local, fmt), text_column, label_column)
-    examples = to_examples(rows, names, source)
-    check_classes(examples, names, source)
+    text_column = (fields or {}).get("text", text_column)
+    label_column = (fields or {}).get("label", label_column)
+    sources = hub_files(path) if is_hub(path) else [resolve_source(path, member, cache_dir)]
+    examples = []
+    for local, source in sources:
+        rows, unit = read_file(local, source, fmt, text_column, label_column)
+        examples += to_examples(rows, names, source, unit)
+    check_classes(examples, names, sources[0][1] if len(sources) == 1 else path)
     return examples
 
 

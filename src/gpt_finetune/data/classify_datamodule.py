@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -20,6 +20,7 @@ from gpt_finetune.data.classification import (
     load_examples,
     split_examples,
 )
+from gpt_finetune.data.fields import check_fields
 from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,11 @@ class ClassificationDataModule(FinetuneDataModule[TokenizedTexts]):
         drop_last: bool = True,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.labels = check_labels(labels)  # fail before any work
+        check_fields(fields, ("text", "label"), "classification")
         self.save_hyperparameters(logger=False)  # train.py logs the whole resolved config instead
         self.splits: dict[str, list[Example]] = {}
         self.width: int | None = None
@@ -115,7 +118,7 @@ class ClassificationDataModule(FinetuneDataModule[TokenizedTexts]):
     def build(self) -> None:
         h = self.hparams
         examples = load_examples(
-            h.path, self.labels, h.format, h.text_column, h.label_column, h.member, h.cache_dir
+            h.path, self.labels, h.format, h.text_column, h.label_column, h.member, h.cache_dir, h.fields
         )
         counts = [sum(e.label == i for e in examples) for i in range(len(self.labels))]
         if h.balance:

@@ -34,7 +34,10 @@ def cached_path(url: str, cache_dir: str | Path | None = None) -> Path:
 def fetch(url: str, cache_dir: str | Path | None = None, timeout: float = 30.0) -> Path:
     """The local copy of `url`, downloading it (atomically) only if it is not cached yet."""
     if not url.startswith(("http://", "https://")):
-        raise UserError(f"{url}: only http(s) URLs are read; download the file and pass its local path")
+        raise UserError(
+            f"{url}: only http(s) URLs and hf://datasets/... are read; "
+            "download the file and pass its local path"
+        )
     path = cached_path(url, cache_dir)
     if path.is_file():
         return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from gpt_finetune.data.base import FinetuneDataModule
 from gpt_finetune.data.collate import collate_instructions
-from gpt_finetune.data.instructions import Record, load_records, split_records
-from gpt_finetune.data.packing import PackedRows, collate_packed, pack_records, padding_share, record_width
+from gpt_finetune.data.fields import check_fields
+from gpt_finetune.data.instructions import FIELDS, Record, load_records, split_records
+from gpt_finetune.data.packing import (
+    Item,
+    PackedRows,
+    collate_packed,
+    pack_records,
+    padding_share,
+    record_width,
+)
 from gpt_finetune.data.prompts import format_prompt, prompt_style
 from gpt_finetune.data.sampling import replicas
 from gpt_finetune.errors import UserError
@@ -22,12 +31,13 @@ BOOK_URL = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/
 
 
 class TokenizedInstructions(Dataset):
-    """A split as (token ids of prompt + output, prompt length) pairs, tokenised once."""
+    """A split as (token ids of prompt + output, prompt length) pairs, tokenised once (a conversation
+    split: (inputs, targets) pairs, `packing.Item`)."""
 
     def __init__(self, records: list[Record], style: str) -> None:
         tokenizer = gpt2_tokenizer()
         self.records = records
-        self.items: list[tuple[list[int], int]] = []
+        self.items: list[Item] = []
         for record in records:
             prompt = format_prompt(record, style)
             ids = tokenizer.encode(prompt + record["output"], disallowed_special=())
@@ -36,12 +46,13 @@ class TokenizedInstructions(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[list[int], int]:
+    def __getitem__(self, index: int) -> Item:
         return self.items[index]
 
 
 class InstructionDataModule(FinetuneDataModule[TokenizedInstructions | PackedRows]):
-    """Instruction records from a JSON / JSONL path or URL, split 85 / 10 / 5, batched for next-token loss.
+    """Instruction records from a path, URL or Hub dataset (JSON, JSONL, CSV, parquet; `fields` names the
+    file's columns for ours), split 85 / 10 / 5, batched for next-token loss.
 
     With `packing`, the train split is packed once into rows of up to `pack_length` tokens (default
     `max_length`), each record attending only to itself; a batch is then `batch_size` rows. Validation and
@@ -67,9 +78,11 @@ class InstructionDataModule(FinetuneDataModule[TokenizedInstructions | PackedRow
         cache_dir: str | None = None,
         packing: bool = False,
         pack_length: int | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         prompt_style(style)  # fail before any work on an unknown style
+        check_fields(fields, FIELDS, "instruction")
         check_packing(packing, pack_length, max_length, group_by_length)
         self.save_hyperparameters(logger=False)  # train.py logs the whole resolved config instead
         self.splits: dict[str, list[Record]] = {}
@@ -84,7 +97,7 @@ class InstructionDataModule(FinetuneDataModule[TokenizedInstructions | PackedRow
 
     def build(self) -> None:
         h = self.hparams
-        records = load_records(h.path, h.cache_dir)
+        records = load_records(h.path, h.cache_dir, mapping=h.fields)
         self.splits = split_records(records, h.train_fraction, h.test_fraction, h.shuffle_split, h.seed)
         tokenized = {name: TokenizedInstructions(part, h.style) for name, part in self.splits.items()}
         sizes = " / ".join(f"{len(part)} {name}" for name, part in self.splits.items())

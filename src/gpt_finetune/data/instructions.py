@@ -1,13 +1,15 @@
-"""Instruction records: read a JSON array or JSONL file (local or URL), validate every record, split."""
+"""Instruction records: read a data file (JSON, JSONL, CSV, parquet; local, URL, Hub), validate, split."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gpt_finetune.data.download import fetch, is_url
-from gpt_finetune.data.json_records import json_kind, read_records, read_utf8
+from gpt_finetune.data.fields import columns_of
+from gpt_finetune.data.json_records import json_kind
 from gpt_finetune.data.splits import split_shares
+from gpt_finetune.data.tables import records_of
 from gpt_finetune.errors import UserError
 
 Record = dict[str, str]
@@ -20,18 +22,18 @@ def load_records(
     cache_dir: str | Path | None = None,
     fields: tuple[str, ...] = FIELDS,
     shape: str = SHAPE,
+    mapping: Mapping[str, str] | None = None,
 ) -> list[Record]:
-    """Validated records from a path or an http(s) URL: `{"instruction", "input", "output"}`, or the
-    string `fields` (an optional `input`) of another kind of record, which looks like `shape`."""
-    path = fetch(str(source), cache_dir) if is_url(str(source)) else Path(source).expanduser()
-    if not path.is_file():
-        raise UserError(
-            f"{source}: no such file; set data.path to a JSON or JSONL file of records like {shape}"
-        )
-    raw = read_records(read_utf8(path, str(source)), str(source), shape)
-    if not raw:
+    """Validated records from a path, an http(s) URL or a Hub dataset (JSON, JSONL, CSV or parquet):
+    `{"instruction", "input", "output"}`, or the string `fields` (an optional `input`) of another kind of
+    record, which looks like `shape`; `mapping` (`data.fields`) names the file's columns for ours."""
+    records = [
+        validate_record(item, where, name, fields, shape)
+        for item, where, name in records_of(str(source), cache_dir, shape, mapping)
+    ]
+    if not records:
         raise UserError(f"{source}: no records; add at least one record like {shape}")
-    return [validate_record(item, where, str(source), fields, shape) for item, where in raw]
+    return records
 
 
 def validate_record(
@@ -49,7 +51,10 @@ def validate_record(
     required = " and ".join(field for field in fields if field != "input")
     for field in fields:
         if field not in record:
-            raise UserError(f"{source}: {where} has no {field!r} field; every record needs {required}")
+            raise UserError(
+                f"{source}: {where} has no {field!r} field; every record needs {required}{columns_of(item)}; "
+                f"name yours with data.fields={{{field}: COLUMN}}"
+            )
         if not isinstance(record[field], str):
             raise UserError(
                 f"{source}: {where} field {field!r} is {json_kind(record[field])}, not a string; "

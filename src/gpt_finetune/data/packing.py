@@ -14,10 +14,11 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from gpt_finetune.data.collate import IGNORE_INDEX, collate_instructions
+from gpt_finetune.data.collate import IGNORE_INDEX, collate_instructions, collate_labelled
 from gpt_finetune.tokenizer import END_OF_TEXT
 
-Item = tuple[list[int], int]  # (token ids of prompt + output, prompt length)
+# (token ids of prompt + output, prompt length), or a conversation's (inputs, targets) of equal length
+Item = tuple[list[int], int | list[int]]
 PADDING_DOCUMENT = -1
 
 
@@ -105,9 +106,20 @@ def collate_packed(
 
 
 def one_record(
-    ids: list[int], prompt: int, max_length: int | None, mask_prompt: bool, pad_id: int, ignore_index: int
+    ids: list[int],
+    prompt: int | list[int],
+    max_length: int | None,
+    mask_prompt: bool,
+    pad_id: int,
+    ignore_index: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets) of one record as `collate_instructions` makes them for it alone in a batch."""
+    """(inputs, targets) of one record as `collate_instructions` makes them for it alone in a batch (a
+    conversation's `prompt` holds its targets: `collate_labelled`'s)."""
+    if isinstance(prompt, list):
+        labelled = collate_labelled(
+            [(ids, prompt)], pad_id=pad_id, ignore_index=ignore_index, max_length=max_length
+        )
+        return labelled["input_ids"][0], labelled["targets"][0]
     alone = collate_instructions(
         [ids],
         pad_id=pad_id,

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gpt_finetune.data.base import FinetuneDataModule
 from gpt_finetune.data.collate import collate_instructions
-from gpt_finetune.data.instructions import Record, load_records, split_records
+from gpt_finetune.data.conversation_prompts import prompt_tokens
+from gpt_finetune.data.conversations import Place, read_conversation
+from gpt_finetune.data.fields import check_fields
+from gpt_finetune.data.instructions import split_records, validate_record
+from gpt_finetune.data.json_records import json_kind
 from gpt_finetune.data.prompts import format_prompt, prompt_style
+from gpt_finetune.data.tables import records_of
+from gpt_finetune.errors import UserError
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
 log = logging.getLogger(__name__)
@@ -21,32 +29,75 @@ BOOK_URL = (
 )
 PAIR_FIELDS = ("instruction", "input", "chosen", "rejected")
 PAIR_SHAPE = '{"instruction": ..., "input": ..., "chosen": ..., "rejected": ...}'
+PAIR_KEYS = ("chosen", "rejected")
+Record = dict[
+    str, Any
+]  # instruction, input, chosen, rejected, output (= chosen); messages after a conversation
+MAPPED_FIELDS = (*PAIR_FIELDS, "messages")  # what data.fields maps (a conversation's turns: messages)
 Pair = tuple[
     int, list[int], list[int], int
 ]  # (index in its split, prompt + chosen, prompt + rejected, prompt)
 
 
-def load_pairs(source: str | Path, cache_dir: str | Path | None = None) -> list[Record]:
+def load_pairs(
+    source: str | Path, cache_dir: str | Path | None = None, mapping: Mapping[str, str] | None = None
+) -> list[Record]:
     """Validated preference records; `output` (the book's files have it) is ignored and set to `chosen`,
-    the expected response of a pair (what test-set responses are scored against)."""
-    records = load_records(source, cache_dir, PAIR_FIELDS, PAIR_SHAPE)
-    return [{**record, "output": record["chosen"]} for record in records]
+    the expected response of a pair (what test-set responses are scored against). A pair after a
+    conversation (`messages`, or TRL's `prompt` list) keeps its turns as `messages`."""
+    located = records_of(str(source), cache_dir, PAIR_SHAPE, mapping)
+    records = [read_pair(item, where, name) for item, where, name in located]
+    if not records:
+        raise UserError(f"{source}: no records; add at least one record like {PAIR_SHAPE}")
+    return records
+
+
+def read_pair(item: Any, where: str, source: str) -> Record:
+    """One pair: instruction, input, chosen, rejected (+ `messages` when its prompt is a conversation)."""
+    turns = item.get("messages", item.get("prompt")) if isinstance(item, dict) else None
+    if not isinstance(turns, list):
+        record = validate_record(item, where, source, PAIR_FIELDS, PAIR_SHAPE)
+        return {**record, "output": record["chosen"]}
+    place = Place(source, where)
+    messages = read_conversation({"messages": turns}, place, ending="user")
+    chosen, rejected = (answer_text(item, key, place) for key in ("chosen", "rejected"))
+    pair = {"instruction": messages[-1]["content"], "input": "", "chosen": chosen, "rejected": rejected}
+    return {"messages": messages, **pair, "output": chosen}
+
+
+def answer_text(item: dict[str, Any], key: str, place: Place) -> str:
+    """A conversational pair's answer: a string, or TRL's `[{"role": "assistant", "content": ...}]`."""
+    value = item.get(key)
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        value = value[0].get("content") if value[0].get("role") == "assistant" else value
+    if not isinstance(value, str):
+        kind = "missing" if key not in item else json_kind(item[key])
+        raise place.error(
+            f"field {key!r} is {kind}, not a string; write the answer as a string or as "
+            '[{"role": "assistant", "content": ...}]'
+        )
+    return value
+
+
+def pair_tokens(record: Record, style: str) -> tuple[list[int], list[int], int]:
+    """(prompt + chosen ids, prompt + rejected ids, prompt length); a conversation's prompt as the
+    conversation rule encodes it, then each answer."""
+    tokenizer = gpt2_tokenizer()
+    if "messages" in record:
+        prompt = prompt_tokens(record["messages"], style)
+        chosen, rejected = (prompt + tokenizer.encode(record[k], disallowed_special=()) for k in PAIR_KEYS)
+        return chosen, rejected, len(prompt)
+    text = format_prompt(record, style)
+    chosen, rejected = (tokenizer.encode(text + record[k], disallowed_special=()) for k in PAIR_KEYS)
+    return chosen, rejected, len(tokenizer.encode(text, disallowed_special=()))
 
 
 class TokenizedPairs(Dataset):
     """A split as (index, prompt + chosen ids, prompt + rejected ids, prompt length), tokenised once."""
 
     def __init__(self, records: list[Record], style: str) -> None:
-        tokenizer = gpt2_tokenizer()
         self.records = records
-        self.items: list[Pair] = []
-        for index, record in enumerate(records):
-            prompt = format_prompt(record, style)
-            chosen, rejected = (
-                tokenizer.encode(prompt + record[key], disallowed_special=())
-                for key in ("chosen", "rejected")
-            )
-            self.items.append((index, chosen, rejected, len(tokenizer.encode(prompt, disallowed_special=()))))
+        self.items: list[Pair] = [(i, *pair_tokens(record, style)) for i, record in enumerate(records)]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -75,15 +126,17 @@ class PreferenceDataModule(FinetuneDataModule[TokenizedPairs]):
         drop_last: bool = True,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         prompt_style(style)  # fail before any work on an unknown style
+        check_fields(fields, MAPPED_FIELDS, "preference")
         self.save_hyperparameters(logger=False)  # train.py logs the whole resolved config instead
         self.splits: dict[str, list[Record]] = {}
 
     def build(self) -> None:
         h = self.hparams
-        records = load_pairs(h.path, h.cache_dir)
+        records = load_pairs(h.path, h.cache_dir, h.fields)
         self.splits = split_records(records, h.train_fraction, h.test_fraction, h.shuffle_split, h.seed)
         self.datasets = {name: TokenizedPairs(part, h.style) for name, part in self.splits.items()}
         sizes = " / ".join(f"{len(part)} {name}" for name, part in self.splits.items())

@@ -12,6 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from gpt_finetune.data.conversation_prompts import render_messages
 from gpt_finetune.data.prompts import format_prompt
 from gpt_finetune.errors import UserError
 from gpt_finetune.evaluation.judge_client import (
@@ -36,8 +37,12 @@ _OUT_OF = re.compile(r"(/|out of)\s*$", re.IGNORECASE)
 
 
 def judge_prompt(record: Mapping[str, Any], style: str) -> str:
-    """The book's judge prompt for one record, with the prompt formatted as the model saw it."""
-    prompt = format_prompt(record, style).rstrip()
+    """The book's judge prompt for one record, with the prompt (a conversation's turns) formatted as the
+    model saw it."""
+    shown = (
+        render_messages(record["messages"], style) if "messages" in record else format_prompt(record, style)
+    )
+    prompt = shown.rstrip()
     return PROMPT.format(prompt=prompt, output=record["output"], response=record["model_response"])
 
 

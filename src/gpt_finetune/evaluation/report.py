@@ -76,7 +76,7 @@ def records_table(data: ReportData) -> str:
     rows = []
     for i, (record, score) in enumerate(zip(data.records, data.scores, strict=True)):
         text = [
-            record.get("instruction"),
+            instruction_cell(record),
             record.get("input"),
             record.get("output"),
             *([record.get("reference_response")] if before else []),
@@ -92,6 +92,14 @@ def records_table(data: ReportData) -> str:
         css = " class='match'" if score["exact_match"] else ""
         rows.append(f"<tr{css}>{''.join(cells)}</tr>")
     return f"<table id='records'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def instruction_cell(record: Mapping[str, Any]) -> Any:
+    """The record's instruction, or a conversation's turns before the answer, one `role: text` a line."""
+    messages = record.get("messages")
+    if not isinstance(messages, list):
+        return record.get("instruction")
+    return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in messages if isinstance(m, dict))
 
 
 def loss_section(png: bytes | None) -> str:

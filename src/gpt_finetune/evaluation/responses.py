@@ -1,14 +1,17 @@
-"""Generate a model's responses to instruction records, formatted with the style it was trained on."""
+"""Generate a model's responses to instruction records (or conversations), formatted with the style it was
+trained on."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 from tqdm import tqdm
 
+from gpt_finetune.data.conversation_prompts import prompt_tokens
 from gpt_finetune.data.instructions import Record
 from gpt_finetune.data.prompts import format_prompt
 from gpt_finetune.model import GPT
@@ -28,13 +31,14 @@ def generate_responses(
     progress: bool = False,
     trainer: L.Trainer | None = None,
 ) -> list[dict[str, object]]:
-    """Each record plus `model_response` (text up to end-of-text) and `stopped` (whether it reached it).
+    """Each record plus `model_response` (text up to end-of-text) and `stopped` (whether it reached it);
+    a record with `messages` (a conversation's turns before its last answer) answers them.
 
     `progress` shows a bar of the records done: a row in the `trainer`'s live rich progress bar where it
     has one (a second live display cannot run beside it), else a tqdm bar on stderr.
     """
     tokenizer = gpt2_tokenizer()
-    prompts = [tokenizer.encode(format_prompt(r, style), disallowed_special=()) for r in records]
+    prompts = [record_prompt(r, style) for r in records]
     room = model.config.context_length - max_new_tokens
     if room < 1:
         raise ValueError(
@@ -56,6 +60,13 @@ def generate_responses(
         text = tokenizer.decode(tokens[:-1] if stopped else tokens)
         results.append({**record, "model_response": text.strip(), "stopped": stopped})
     return results
+
+
+def record_prompt(record: Mapping[str, Any], style: str) -> list[int]:
+    """The tokens a model answers for `record`: its conversation (`messages`), else its instruction."""
+    if "messages" in record:
+        return prompt_tokens(record["messages"], style)
+    return gpt2_tokenizer().encode(format_prompt(record, style), disallowed_special=())
 
 
 @contextmanager

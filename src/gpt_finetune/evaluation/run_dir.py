@@ -106,7 +106,9 @@ def load_finetuned(
 
 def test_records(data: dict[str, Any], source: Path, pairs: bool = False) -> list[Record]:
     """The test split the run was tested on, rebuilt from the data settings saved in its checkpoint
-    (preference pairs, their `output` the chosen response, when `pairs`)."""
+    (preference pairs, their `output` the chosen response, when `pairs`; conversations, when the settings
+    have `train_on`)."""
+    from gpt_finetune.data.conversation_datamodule import ConversationDataModule
     from gpt_finetune.data.instruct_datamodule import InstructionDataModule
     from gpt_finetune.data.preference_datamodule import PreferenceDataModule
 
@@ -114,7 +116,12 @@ def test_records(data: dict[str, Any], source: Path, pairs: bool = False) -> lis
         raise UserError(
             f"{source}: the checkpoint does not record its data path; cannot rebuild the test split"
         )
-    datamodule = PreferenceDataModule(**data) if pairs else InstructionDataModule(**data)
+    if pairs:
+        datamodule: InstructionDataModule | PreferenceDataModule = PreferenceDataModule(**data)
+    elif "train_on" in data:
+        datamodule = ConversationDataModule(**data)
+    else:
+        datamodule = InstructionDataModule(**data)
     datamodule.prepare_data()
     datamodule.setup("test")
     return datamodule.splits["test"]

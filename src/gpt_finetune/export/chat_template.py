@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
+from gpt_finetune.data.conversation_prompts import END_OF_TURN, TURN_SEPARATOR
 from gpt_finetune.data.prompts import prompt_style
-from gpt_finetune.serving.conversation import TURN_SEPARATOR
 
 _MARK = "\x00content\x00"  # stands for the content while the style is rendered; no style contains it
 
@@ -30,11 +30,12 @@ def chat_template(style: str) -> str:
 
     With `add_generation_prompt=false` a conversation ending in a user turn stops before the text that
     begins the answer (alpaca's `### Response:`); `true` adds it, as `render_messages` always does; one
-    ending with an assistant turn (a training example) ends with its blank line. Unknown roles, a system
-    message after the first and turns out of order raise, as `render_messages` refuses them.
+    ending with an assistant turn (a training example) is `render_conversation`'s text, ending with
+    `<|endoftext|>`. Unknown roles, a system message after the first and turns out of order raise, as
+    `render_messages` refuses them.
     """
     before, after = user_turn(style)
-    separator = _literal(TURN_SEPARATOR)
+    separator, end_of_turn = _literal(TURN_SEPARATOR), _literal(END_OF_TURN)
     return (
         "{%- set turns = namespace(count=0) -%}"
         "{%- for message in messages -%}"
@@ -49,7 +50,7 @@ def chat_template(style: str) -> str:
         "{{ " + _literal(before) + " + message['content'] }}"
         "{%- if not loop.last or add_generation_prompt -%}{{ " + _literal(after) + " }}{%- endif -%}"
         "{%- else -%}"
-        "{{ message['content'] + " + separator + " }}"
+        "{{ message['content'] + " + end_of_turn + " }}"
         "{%- endif -%}"
         "{%- if message['role'] != 'system' -%}{%- set turns.count = turns.count + 1 -%}{%- endif -%}"
         "{%- endfor -%}"

@@ -2,7 +2,7 @@
 
 The Go template follows `serving.conversation.render_messages`: with `.Messages` (ollama's chat API) a
 system message is its text and a blank line, a user turn is the style's prompt around the content, an
-assistant turn is its text and a blank line; without (a bare `.Prompt`, optional `.System`) it is the
+assistant turn is its text and `<|endoftext|>`; without (a bare `.Prompt`, optional `.System`) it is the
 one-turn case. It uses no whitespace trimming (`{{-`), so every character outside the actions is literal.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gpt_finetune.data.conversation_prompts import END_OF_TURN, TURN_SEPARATOR
 from gpt_finetune.errors import UserError
 from gpt_finetune.export.chat_template import user_turn
-from gpt_finetune.serving.conversation import TURN_SEPARATOR
 from gpt_finetune.tokenizer import END_OF_TEXT_STRING
 
 GGUF_NAME = "model.gguf"
@@ -27,7 +27,8 @@ def go_template(style: str) -> str:
         "{{ if .Messages }}"
         "{{ range .Messages }}"
         f'{{{{ if eq .Role "user" }}}}{before}{{{{ .Content }}}}{after}'
-        f"{{{{ else }}}}{{{{ .Content }}}}{TURN_SEPARATOR}"
+        f'{{{{ else }}}}{{{{ .Content }}}}{{{{ if eq .Role "system" }}}}{TURN_SEPARATOR}'
+        f"{{{{ else }}}}{END_OF_TURN}{{{{ end }}}}"
         "{{ end }}"
         "{{ end }}"
         "{{ else }}"

@@ -1,59 +1,33 @@
-"""Chat messages rendered as the prompt a run was trained on, and decoded text cut at stop strings.
-
-A conversation is an optional leading system message, then user and assistant turns alternating and
-ending with a user turn. Each user turn is rendered with the prompt style as an instruction with no
-input; an assistant turn is the text that followed it; turns are joined by a blank line, and the system
-message, when given, comes first, followed by a blank line. One user message is exactly the prompt the
-model was trained on (`format_prompt({"instruction": content})`). `export/` writes the same rule as a
-Jinja chat template; a test holds the two equal.
+"""What chat.py and serve.py take from the conversation rule (`data/conversation_prompts.py`: training,
+chat.py, serve.py, the exported chat template and the Modelfile render a conversation alike), and decoded
+text cut at stop strings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 
-from gpt_finetune.data.prompts import prompt_style
-from gpt_finetune.errors import UserError
+from gpt_finetune.data.conversation_prompts import (
+    END_OF_TURN,
+    ROLES,
+    TURN_SEPARATOR,
+    check_messages,
+    prompt_tokens,
+    render_conversation,
+    render_messages,
+)
 
-TURN_SEPARATOR = "\n\n"
-ROLES = ("system", "user", "assistant")
-
-
-def check_messages(messages: Sequence[Mapping[str, object]]) -> None:
-    """Raise a one-line UserError unless `messages` is a conversation `render_messages` can render."""
-    if not messages:
-        raise UserError("messages is empty; send at least one user message")
-    for i, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise UserError(f"messages[{i}].role={role!r}; use one of {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            raise UserError(f"messages[{i}].content must be a string")
-        if role == "system" and i != 0:
-            raise UserError(f"messages[{i}]: a system message may only come first")
-    turns = [m["role"] for m in messages if m["role"] != "system"]
-    for i, role in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if role != expected:
-            raise UserError(f"turn {i} is {role!r}, expected {expected!r}: user and assistant alternate")
-    if not turns or turns[-1] != "user":
-        raise UserError("the last message must be a user message (the one to answer)")
-    if not str(messages[-1]["content"]).strip():
-        raise UserError("the last user message is empty; send a question or an instruction")
-
-
-def render_messages(messages: Sequence[Mapping[str, object]], style: str) -> str:
-    """The prompt text for `messages` in prompt style `style`, ending where the answer begins."""
-    check_messages(messages)
-    render = prompt_style(style)
-    parts: list[str] = []
-    for message in messages:
-        content = str(message["content"])
-        if message["role"] == "user":
-            parts.append(render(content, ""))
-        else:  # system (first) or assistant: its text, then a blank line before the next turn
-            parts.append(content + TURN_SEPARATOR)
-    return "".join(parts)
+__all__ = [
+    "END_OF_TURN",
+    "ROLES",
+    "TURN_SEPARATOR",
+    "check_messages",
+    "cut_at_stop",
+    "prompt_tokens",
+    "render_conversation",
+    "render_messages",
+    "stop_prefix_held",
+]
 
 
 def cut_at_stop(text: str, stops: Iterable[str]) -> tuple[str, bool]:

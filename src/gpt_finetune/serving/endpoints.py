@@ -24,7 +24,7 @@ from gpt_finetune.serving.api_types import (
     error_body,
 )
 from gpt_finetune.serving.batching import Batcher, Finished, Job, Sampling
-from gpt_finetune.serving.conversation import render_messages
+from gpt_finetune.serving.conversation import prompt_tokens
 from gpt_finetune.serving.loading import UsableModel
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
@@ -68,7 +68,7 @@ def add_endpoints(
     @app.post("/v1/chat/completions", **guarded)
     async def chat_completions(body: ChatRequest) -> Response:
         api.require("instruct")
-        prompt = render_messages([m.as_dict() for m in body.messages], usable.prompt_style)
+        prompt = prompt_tokens([m.as_dict() for m in body.messages], usable.prompt_style)
         return await api.generation(body, prompt, chat=True)
 
     @app.post("/v1/classify", **guarded)
@@ -139,10 +139,11 @@ class Api:
             stops=body.stops(),
         )
 
-    async def generation(self, body: GenerationRequest, prompt: str, chat: bool) -> Response:
-        """Queue the prompt; answer with the whole text, or stream it as server-sent events."""
+    async def generation(self, body: GenerationRequest, prompt: str | list[int], chat: bool) -> Response:
+        """Queue the prompt (text, or a chat's tokens); answer with the whole text, or stream it as
+        server-sent events."""
         self.check_model(body.model)
-        tokens = self.tokenizer.encode(prompt, disallowed_special=())
+        tokens = self.tokenizer.encode(prompt, disallowed_special=()) if isinstance(prompt, str) else prompt
         if not tokens:
             raise ApiError(400, "the prompt is empty; send some text", param="prompt")
         job = Job(asyncio.get_running_loop(), tokens, self.sampling(body, len(tokens)), stream=body.stream)
