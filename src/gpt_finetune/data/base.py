@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import lightning as L
@@ -10,9 +12,11 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader, Dataset
 
+from gpt_finetune.data.instructions import Record, split_records
 from gpt_finetune.data.sampling import ResumableDataLoader, training_sampler
 from gpt_finetune.data.sources import prefetch
 
+log = logging.getLogger(__name__)
 D = TypeVar("D", bound=Dataset)
 
 
@@ -89,3 +93,54 @@ class FinetuneDataModule(L.LightningDataModule, Generic[D]):
             persistent_workers=self.hparams.num_workers > 0,
             **kwargs,
         )
+
+
+class SplitRecordsDataModule(FinetuneDataModule[D]):
+    """Records read once, split train / test / val (file order, or shuffled with the seed) as the book
+    splits instruction data, each split tokenised once: instructions, conversations, preference pairs.
+
+    A subclass says what it reads (`read`), how a split becomes a dataset (`tokenize`), the records' name in
+    the log (`noun`), and how many are longer than `max_length` (`warn_long`).
+    """
+
+    noun = "records"
+
+    def __init__(
+        self,
+        train_fraction: float = 0.85,
+        test_fraction: float = 0.10,
+        shuffle_split: bool = False,
+        seed: int = 123,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        max_length: int | None = 1024,
+        group_by_length: bool = False,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        """The settings every split-records kind shares; a subclass takes its own (`path`, `style`, ...) and
+        passes these on (`**split`). The `__init__` arguments of every class up the chain are saved."""
+        super().__init__()
+        self.save_hyperparameters(logger=False)  # train.py logs the whole resolved config instead
+        self.splits: dict[str, list[Record]] = {}
+
+    def read(self) -> list[Record]:
+        raise NotImplementedError
+
+    def tokenize(self, records: list[Record]) -> D:
+        raise NotImplementedError
+
+    def warn_long(self, datasets: dict[str, D], records: int) -> None:
+        """Log how many records `max_length` cuts (or shortens), if any."""
+
+    def build(self) -> None:
+        h = self.hparams
+        records = self.read()
+        self.splits = split_records(records, h.train_fraction, h.test_fraction, h.shuffle_split, h.seed)
+        self.datasets = {name: self.tokenize(part) for name, part in self.splits.items()}
+        sizes = " / ".join(f"{len(part)} {name}" for name, part in self.splits.items())
+        log.info("data: %s %s from %s: %s", len(records), self.noun, Path(str(h.path)).name, sizes)
+        if h.max_length is not None:
+            self.warn_long(self.datasets, len(records))

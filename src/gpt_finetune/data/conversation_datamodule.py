@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from gpt_finetune.data.collate import IGNORE_INDEX, collate_labelled
@@ -27,7 +26,6 @@ from gpt_finetune.data.conversations import (
 )
 from gpt_finetune.data.fields import check_fields
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule, TokenizedInstructions, check_packing
-from gpt_finetune.data.instructions import split_records
 from gpt_finetune.data.packing import collate_packed
 from gpt_finetune.data.prompts import prompt_style
 from gpt_finetune.errors import UserError
@@ -87,51 +85,39 @@ class ConversationDataModule(InstructionDataModule):
         fields: Mapping[str, str] | None = None,
         style: str = "alpaca",
         train_on: TrainOn = "all_assistant",
-        train_fraction: float = 0.85,
-        test_fraction: float = 0.10,
-        shuffle_split: bool = False,
-        seed: int = 123,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        max_length: int | None = 1024,
-        group_by_length: bool = False,
-        shuffle: bool = True,
-        drop_last: bool = True,
-        num_workers: int = 0,
-        cache_dir: str | None = None,
         packing: bool = False,
         pack_length: int | None = None,
+        **split: Any,
     ) -> None:
-        # FinetuneDataModule's __init__: InstructionDataModule's takes other settings (mask_prompt).
-        super(InstructionDataModule, self).__init__()
+        """`split`: `SplitRecordsDataModule`'s settings (fractions, seed, batch size, max_length, ...)."""
         check_settings(path, format, train_on)
         prompt_style(style)  # fail before any work on an unknown style
         check_fields(fields, FIELDS, "conversation")
-        check_packing(packing, pack_length, max_length, group_by_length)
-        self.save_hyperparameters(logger=False)  # train.py logs the whole resolved config instead
-        self.splits: dict[str, list[Record]] = {}
+        # SplitRecordsDataModule's __init__: InstructionDataModule's takes other settings (mask_prompt).
+        super(InstructionDataModule, self).__init__(**split)
+        check_packing(packing, pack_length, self.hparams.max_length, self.hparams.group_by_length)
 
-    def build(self) -> None:
+    noun = "conversations"
+
+    def read(self) -> list[Record]:
         h = self.hparams
-        records = load_conversations(h.path, h.cache_dir, h.format, h.fields)
-        self.splits = split_records(records, h.train_fraction, h.test_fraction, h.shuffle_split, h.seed)
-        tokenized = {
-            name: TokenizedConversations(part, h.style, h.train_on, h.max_length)
-            for name, part in self.splits.items()
-        }
-        sizes = " / ".join(f"{len(part)} {name}" for name, part in self.splits.items())
-        log.info("data: %s conversations from %s: %s", len(records), Path(str(h.path)).name, sizes)
-        shortened = sum(ds.shortened for ds in tokenized.values())
+        return load_conversations(h.path, h.cache_dir, h.format, h.fields)
+
+    def tokenize(self, records: list[Record]) -> TokenizedConversations:
+        h = self.hparams
+        return TokenizedConversations(records, h.style, h.train_on, h.max_length)
+
+    def warn_long(self, datasets: dict[str, Any], records: int) -> None:
+        shortened = sum(ds.shortened for ds in datasets.values())
         if shortened:
             log.warning(
                 "data: %d of %d conversations are longer than max_length=%d tokens: their oldest exchanges "
                 "are left out, %d still cut at max_length (their last answer learned only in part)",
                 shortened,
-                len(records),
-                h.max_length,
-                sum(ds.cut for ds in tokenized.values()),
+                records,
+                self.hparams.max_length,
+                sum(ds.cut for ds in datasets.values()),
             )
-        self.datasets = {**tokenized, **({"train": self.packed(tokenized["train"])} if h.packing else {})}
 
     def collate(self, batch: list[Any]) -> dict[str, Any]:
         if isinstance(batch[0], list):  # packed rows, from the train split

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
 
-from gpt_finetune.data.base import FinetuneDataModule
+from gpt_finetune.data.base import SplitRecordsDataModule
 from gpt_finetune.data.collate import collate_instructions
 from gpt_finetune.data.fields import check_fields
-from gpt_finetune.data.instructions import FIELDS, Record, load_records, split_records
+from gpt_finetune.data.instructions import FIELDS, Record, load_records
 from gpt_finetune.data.packing import (
     Item,
     PackedRows,
@@ -50,7 +49,7 @@ class TokenizedInstructions(Dataset):
         return self.items[index]
 
 
-class InstructionDataModule(FinetuneDataModule[TokenizedInstructions | PackedRows]):
+class InstructionDataModule(SplitRecordsDataModule[TokenizedInstructions | PackedRows]):
     """Instruction records from a path, URL or Hub dataset (JSON, JSONL, CSV, parquet; `fields` names the
     file's columns for ours), split 85 / 10 / 5, batched for next-token loss.
 
@@ -63,29 +62,17 @@ class InstructionDataModule(FinetuneDataModule[TokenizedInstructions | PackedRow
         self,
         path: str = BOOK_URL,
         style: str = "alpaca",
-        train_fraction: float = 0.85,
-        test_fraction: float = 0.10,
-        shuffle_split: bool = False,
-        seed: int = 123,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        max_length: int | None = 1024,
+        fields: Mapping[str, str] | None = None,
         mask_prompt: bool = False,
-        group_by_length: bool = False,
-        shuffle: bool = True,
-        drop_last: bool = True,
-        num_workers: int = 0,
-        cache_dir: str | None = None,
         packing: bool = False,
         pack_length: int | None = None,
-        fields: Mapping[str, str] | None = None,
+        **split: Any,
     ) -> None:
-        super().__init__()
+        """`split`: `SplitRecordsDataModule`'s settings (fractions, seed, batch size, max_length, ...)."""
         prompt_style(style)  # fail before any work on an unknown style
         check_fields(fields, FIELDS, "instruction")
-        check_packing(packing, pack_length, max_length, group_by_length)
-        self.save_hyperparameters(logger=False)  # train.py logs the whole resolved config instead
-        self.splits: dict[str, list[Record]] = {}
+        super().__init__(**split)
+        check_packing(packing, pack_length, self.hparams.max_length, self.hparams.group_by_length)
 
     @property
     def pack_length(self) -> int | None:
@@ -95,23 +82,28 @@ class InstructionDataModule(FinetuneDataModule[TokenizedInstructions | PackedRow
             return None
         return h.pack_length if h.pack_length is not None else h.max_length
 
-    def build(self) -> None:
+    def read(self) -> list[Record]:
+        return load_records(self.hparams.path, self.hparams.cache_dir, mapping=self.hparams.fields)
+
+    def tokenize(self, records: list[Record]) -> TokenizedInstructions:
+        return TokenizedInstructions(records, self.hparams.style)
+
+    def warn_long(self, datasets: dict[str, Any], records: int) -> None:
         h = self.hparams
-        records = load_records(h.path, h.cache_dir, mapping=h.fields)
-        self.splits = split_records(records, h.train_fraction, h.test_fraction, h.shuffle_split, h.seed)
-        tokenized = {name: TokenizedInstructions(part, h.style) for name, part in self.splits.items()}
-        sizes = " / ".join(f"{len(part)} {name}" for name, part in self.splits.items())
-        log.info("data: %s records from %s: %s", len(records), Path(str(h.path)).name, sizes)
-        if h.max_length is not None:
-            long = sum(len(ids) > h.max_length for ds in tokenized.values() for ids, _ in ds.items)
-            if long:
-                log.warning(
-                    "data: %d of %d records are longer than max_length=%d tokens and are truncated",
-                    long,
-                    len(records),
-                    h.max_length,
-                )
-        self.datasets = {**tokenized, **({"train": self.packed(tokenized["train"])} if h.packing else {})}
+        long = sum(len(ids) > h.max_length for ds in datasets.values() for ids, _ in ds.items)
+        if long:
+            log.warning(
+                "data: %d of %d records are longer than max_length=%d tokens and are truncated",
+                long,
+                records,
+                h.max_length,
+            )
+
+    def build(self) -> None:
+        super().build()
+        train = self.datasets["train"]
+        if self.hparams.packing and isinstance(train, TokenizedInstructions):
+            self.datasets["train"] = self.packed(train)
 
     def packed(self, train: TokenizedInstructions) -> PackedRows:
         """The train split packed into rows of up to `pack_length` tokens (the same rows for a seed)."""

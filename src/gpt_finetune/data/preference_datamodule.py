@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gpt_finetune.data.base import FinetuneDataModule
+from gpt_finetune.data.base import SplitRecordsDataModule
 from gpt_finetune.data.collate import collate_instructions
 from gpt_finetune.data.conversation_prompts import prompt_tokens
 from gpt_finetune.data.conversations import Place, read_conversation
 from gpt_finetune.data.fields import check_fields
-from gpt_finetune.data.instructions import split_records, validate_record
+from gpt_finetune.data.instructions import validate_record
 from gpt_finetune.data.json_records import json_kind
 from gpt_finetune.data.prompts import format_prompt, prompt_style
 from gpt_finetune.data.tables import records_of
@@ -106,7 +106,7 @@ class TokenizedPairs(Dataset):
         return self.items[index]
 
 
-class PreferenceDataModule(FinetuneDataModule[TokenizedPairs]):
+class PreferenceDataModule(SplitRecordsDataModule[TokenizedPairs]):
     """Preference records (instruction, input, chosen, rejected) from a JSON / JSONL path or URL, split
     85 / 10 / 5 as instruction data; a batch holds the chosen rows, then the rejected rows of its pairs."""
 
@@ -114,43 +114,33 @@ class PreferenceDataModule(FinetuneDataModule[TokenizedPairs]):
         self,
         path: str = BOOK_URL,
         style: str = "alpaca",
-        train_fraction: float = 0.85,
-        test_fraction: float = 0.10,
-        shuffle_split: bool = False,
-        seed: int = 123,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        max_length: int | None = 1024,
-        group_by_length: bool = False,
-        shuffle: bool = True,
-        drop_last: bool = True,
-        num_workers: int = 0,
-        cache_dir: str | None = None,
         fields: Mapping[str, str] | None = None,
+        **split: Any,
     ) -> None:
-        super().__init__()
+        """`split`: `SplitRecordsDataModule`'s settings (fractions, seed, batch size, max_length, ...)."""
         prompt_style(style)  # fail before any work on an unknown style
         check_fields(fields, MAPPED_FIELDS, "preference")
-        self.save_hyperparameters(logger=False)  # train.py logs the whole resolved config instead
-        self.splits: dict[str, list[Record]] = {}
+        super().__init__(**split)
 
-    def build(self) -> None:
+    noun = "preference pairs"
+
+    def read(self) -> list[Record]:
+        return load_pairs(self.hparams.path, self.hparams.cache_dir, self.hparams.fields)
+
+    def tokenize(self, records: list[Record]) -> TokenizedPairs:
+        return TokenizedPairs(records, self.hparams.style)
+
+    def warn_long(self, datasets: dict[str, TokenizedPairs], records: int) -> None:
         h = self.hparams
-        records = load_pairs(h.path, h.cache_dir, h.fields)
-        self.splits = split_records(records, h.train_fraction, h.test_fraction, h.shuffle_split, h.seed)
-        self.datasets = {name: TokenizedPairs(part, h.style) for name, part in self.splits.items()}
-        sizes = " / ".join(f"{len(part)} {name}" for name, part in self.splits.items())
-        log.info("data: %s preference pairs from %s: %s", len(records), Path(str(h.path)).name, sizes)
-        if h.max_length is not None:
-            items = [item for ds in self.datasets.values() for item in ds.items]
-            long = sum(max(len(item[1]), len(item[2])) > h.max_length for item in items)
-            if long:
-                log.warning(
-                    "data: %d of %d pairs are longer than max_length=%d tokens and are truncated",
-                    long,
-                    len(records),
-                    h.max_length,
-                )
+        items = [item for ds in datasets.values() for item in ds.items]
+        long = sum(max(len(item[1]), len(item[2])) > h.max_length for item in items)
+        if long:
+            log.warning(
+                "data: %d of %d pairs are longer than max_length=%d tokens and are truncated",
+                long,
+                records,
+                h.max_length,
+            )
 
     def collate(self, batch: list[Pair]) -> dict[str, torch.Tensor]:
         """`input_ids` and `targets` (2B, T): the B chosen rows, then the B rejected rows, each learned on

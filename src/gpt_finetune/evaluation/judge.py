@@ -79,25 +79,19 @@ class Judge:
         protocol: Protocol,
         base_url: str,
         model: str,
-        temperature: float = 0.0,
-        seed: int | None = 123,
-        timeout_s: float = 60.0,
         retries: int = 2,
         retry_backoff_s: float = 1.0,
         concurrency: int = 4,
-        max_tokens: int | None = None,
-        num_ctx: int | None = 2048,
-        api_key_env: str | None = None,
+        **options: Any,
     ) -> None:
-        self.client = ChatClient(
-            protocol, base_url, model, temperature=temperature, seed=seed, timeout_s=timeout_s,
-            max_tokens=max_tokens, num_ctx=num_ctx, api_key_env=api_key_env,
-        )  # fmt: skip
+        """`options`: the request settings of `ChatClient` (temperature, seed, timeout_s, max_tokens, num_ctx,
+        api_key_env)."""
+        client = self.client = ChatClient(protocol, base_url, model, **options)
         self.retries, self.retry_backoff_s, self.concurrency = retries, retry_backoff_s, max(1, concurrency)
         self.settings = {
-            "protocol": protocol, "url": self.client.url, "model": model, "temperature": temperature,
-            "seed": seed, "timeout_s": timeout_s, "retries": retries, "concurrency": concurrency,
-            "api_key_env": api_key_env,
+            "protocol": client.protocol, "url": client.url, "model": client.model,
+            "temperature": client.temperature, "seed": client.seed, "timeout_s": client.timeout_s,
+            "retries": retries, "concurrency": concurrency, "api_key_env": client.api_key_env,
         }  # fmt: skip
 
     def ask(self, messages: list[Message], result: JudgedRecord) -> str | None:
