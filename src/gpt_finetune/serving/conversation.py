@@ -56,6 +56,15 @@ def render_messages(messages: Sequence[Mapping[str, object]], style: str) -> str
     return "".join(parts)
 
 
+def stop_strings(style: str) -> list[str]:
+    """Where an answer ends in `style`: the first and last lines of a user turn's opening (alpaca's
+    preamble line and `### Instruction:`), the text a model writes when it starts the next turn itself.
+    chat.py, the server's chat completions and the exported Modelfile's `PARAMETER stop` all use these."""
+    opening = prompt_style(style)("\0", "").split("\0")[0]
+    lines = [line.strip() for line in opening.splitlines() if line.strip()]
+    return list(dict.fromkeys([lines[0], lines[-1]])) if lines else []
+
+
 def cut_at_stop(text: str, stops: Iterable[str]) -> tuple[str, bool]:
     """`text` up to the first of `stops` (excluded), and whether one was found."""
     positions = [text.find(stop) for stop in stops if stop and stop in text]
