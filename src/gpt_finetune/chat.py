@@ -23,7 +23,7 @@ from gpt_finetune.config import register_resolvers
 from gpt_finetune.errors import UserError, run_command
 from gpt_finetune.model.sampling import sampling_problems
 from gpt_finetune.serving.conversation import render_messages, stop_strings
-from gpt_finetune.serving.loading import UsableModel, load_configured
+from gpt_finetune.serving.loading import UsableModel, cast_for_decoding, check_decode_dtype, load_configured
 from gpt_finetune.serving.streaming import TextStream
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
@@ -260,7 +260,9 @@ def converse(model: UsableModel, chat: Conversation | None, interactive: bool) -
 def chat(cfg: DictConfig) -> None:
     """Load the model `cfg` names, then answer `cfg.prompt` once or converse line by line."""
     settings = Settings.from_config(cfg.generate)
+    check_decode_dtype(str(cfg.dtype))
     model = load_configured(cfg)
+    cast_for_decoding(model, str(cfg.dtype))
     if cfg.prompt is not None and not str(cfg.prompt).strip():
         raise UserError('prompt is empty; pass a text: prompt="..." (or leave it out to chat)')
     if model.kind == "classify":

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from gpt_finetune.config import register_resolvers
 from gpt_finetune.errors import UserError, run_command
 from gpt_finetune.model.sampling import sampling_problems
-from gpt_finetune.serving.loading import load_configured
+from gpt_finetune.serving.loading import DECODE_DTYPES, cast_for_decoding, load_configured
 from gpt_finetune.serving.server import ServerSettings, bind, create_app, url_of
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
@@ -56,6 +56,8 @@ def settings_problems(cfg: DictConfig) -> list[str]:
         found.append(f"max_waiting={cfg.max_waiting}: use a positive number of requests, or null (no limit)")
     if cfg.queue_timeout_s is not None and not cfg.queue_timeout_s > 0:
         found.append(f"queue_timeout_s={cfg.queue_timeout_s}: use a positive number of seconds, or null")
+    if cfg.dtype not in DECODE_DTYPES:
+        found.append(f"dtype={cfg.dtype}: use {' or '.join(DECODE_DTYPES)}")
     g = cfg.generate
     if g.max_new_tokens < 1:
         found.append(f"generate.max_new_tokens={g.max_new_tokens}: use a positive number of tokens")
@@ -88,6 +90,7 @@ def serve(cfg: DictConfig) -> None:
         )
     sock = bind(str(cfg.host), int(cfg.port))  # before the (slow) load: a taken port fails at once
     usable = load_configured(cfg)
+    cast_for_decoding(usable, str(cfg.dtype))
     if cfg.model_name is not None:
         usable.name = str(cfg.model_name)
     settings = ServerSettings(

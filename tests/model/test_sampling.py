@@ -1,5 +1,5 @@
 """How the next token is chosen: the nucleus against a hand computation, the bounds every caller checks,
-top-p in `generate`, the slot cache against a plain forward pass, and MKL packing for one-row decoding."""
+top-p in `generate`; the slot cache against a plain forward pass."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt_finetune.model import GPT, GPTConfig
+from gpt_finetune.model import GPT
 from gpt_finetune.model.kv_cache import KVCache, SlotCache
-from gpt_finetune.model.packing import can_pack, pack_for_decoding
 from gpt_finetune.model.sampling import filter_logits, outside_nucleus, sampling_problems
 
 INF = float("inf")
@@ -105,21 +104,3 @@ def test_a_slot_cache_step_equals_a_plain_forward_pass(tiny_model: GPT) -> None:
             alone = tiny_model(torch.tensor([[*row, token]]))[0, -1]
             assert torch.allclose(step[i, -1], alone, atol=1e-5)
     assert slots.lengths[:2].tolist() == [6, 4]
-
-
-@pytest.mark.skipif(not can_pack(torch.nn.Linear(2, 2)), reason="needs a CPU torch built with MKL")
-def test_packed_one_row_decoding_gives_the_same_tokens(tiny_model: GPT) -> None:
-    torch.manual_seed(0)
-    plain = GPT(GPTConfig.from_size("tiny", tie_embeddings=False)).eval()
-    packed = GPT(GPTConfig.from_size("tiny", tie_embeddings=False)).eval()
-    packed.load_state_dict(plain.state_dict())
-    assert pack_for_decoding(packed) == 2 * 4 + 1  # qkv, attention out, MLP in and out per block; head
-    prompts = [[464, 3290, 318], [40, 588, 262, 1110]]
-    one = [plain.generate([p], max_new_tokens=20, eos_id=None)[0] for p in prompts]
-    assert [packed.generate([p], max_new_tokens=20, eos_id=None)[0] for p in prompts] == one
-    assert packed.generate(prompts, max_new_tokens=20, eos_id=None) == plain.generate(
-        prompts, max_new_tokens=20, eos_id=None
-    )  # several rows: the plain call, identical
-    x = torch.randn(1, 1, 64)
-    with torch.no_grad():
-        assert torch.allclose(packed.lm_head(x), plain.lm_head(x), atol=1e-5)

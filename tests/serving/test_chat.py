@@ -358,6 +358,7 @@ def test_a_classification_run_classifies_each_line(classify_run: Path) -> None:
             ["run_dir=EMPTY", "generate.top_k=0", "generate.temperature=-1"],
             "error: generate.temperature=-1: use 0 (greedy) or a value in [0.01, 2.0]; generate.top_k=0",
         ),
+        (["run_dir=EMPTY", "dtype=fp16"], "error: dtype=fp16: use fp32 or bf16"),
         (
             ["run_dir=EMPTY", "generate.temperature=1e-40", "generate.seed=18446744073709551616"],
             "error: generate.temperature=1e-40: use 0 (greedy) or a value in [0.01, 2.0]; "

@@ -131,12 +131,13 @@ def test_bad_request_defaults_are_one_error_line_before_loading(serve_process: t
         "generate.top_k=0",
         "generate.top_p=1.5",
         "max_waiting=0",
+        "dtype=fp16",
     )
     assert server.process.wait(timeout=120) == 2
     line = server.wait_for(r"^error: ")
     assert line.string.strip() == (
         "error: max_waiting=0: use a positive number of requests, or null (no limit); "
-        "generate.temperature=1e-40: use 0 (greedy) or a value in [0.01, 2.0]; "
+        "dtype=fp16: use fp32 or bf16; generate.temperature=1e-40: use 0 (greedy) or a value in [0.01, 2.0]; "
         "generate.top_k=0: use a positive integer up to the vocabulary size 50257, or null (all tokens); "
         "generate.top_p=1.5: use a value in (0, 1], or null (1: all tokens)"
     )

@@ -18,7 +18,7 @@ import torch
 from gpt_finetune.model import GPT, GPTConfig
 from gpt_finetune.serving import batching
 from gpt_finetune.serving.batching import Batcher
-from gpt_finetune.serving.loading import UsableModel
+from gpt_finetune.serving.loading import UsableModel, cast_for_decoding
 from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
 
 Serve = Callable[..., Any]  # the `serve` fixture
@@ -312,3 +312,16 @@ def test_an_idle_server_gathers_a_burst_into_one_batch(serve: Serve, random_mode
     with serve(random_model, max_batch_size=3, batch_wait_ms=60_000) as (url, app):
         asyncio.run(burst(url))  # a full batch starts without waiting out batch_wait_ms
         assert (app.state.batcher.batches, app.state.batcher.largest_batch) == (1, 3)
+
+
+def test_bf16_weights_answer_as_their_own_generate(serve: Serve) -> None:
+    model = fresh_model()
+    cast_for_decoding(model, "bf16")
+    assert next(model.gpt.parameters()).dtype == torch.bfloat16
+    prompts = ["The weather today", "Once upon a time there was"]
+    expected = greedy(model, prompts, 10)
+    with serve(model) as (url, _):
+        body = {"prompt": prompts, "max_tokens": 10, "logprobs": 1, "echo": True}
+        done = httpx.post(f"{url}/v1/completions", json=body, timeout=TIMEOUT).json()
+    assert [c["text"] for c in done["choices"]] == [p + e for p, e in zip(prompts, expected, strict=True)]
+    assert all(lp is not None for c in done["choices"] for lp in c["logprobs"]["token_logprobs"][1:])

@@ -1,7 +1,7 @@
 """Serving under load: continuous batching vs. per-batch vs. one request at a time, open-loop arrivals.
 
     python -m gpt_finetune.benchmarks.serving [--size gpt2-small] [--rates 0.1,0.2,0.4] [--requests 16] \
-        [--max-batch-size 16] [--max-new-tokens 48] [--data FILE | sample] [--no-llama-cpp]
+        [--max-batch-size 16] [--max-new-tokens 48] [--threads N] [--data FILE | sample] [--no-llama-cpp]
 
 Random weights (no download). The requests are the test split of `--data` (the book's 110 test records,
 in file order): each record's alpaca prompt is sent to `/v1/completions` as text, streamed and greedy,
@@ -99,6 +99,7 @@ async def send(client: httpx.AsyncClient, model: str, request: Request, answer: 
         "max_tokens": request.max_tokens,
         "temperature": 0,
         "logit_bias": {str(END_OF_TEXT): -100},
+        "repeat_penalty": 1.0,  # llama-cpp-python's server defaults to 1.1; ours has none (an unknown field)
         "stream": True,
     }
     try:
@@ -198,6 +199,7 @@ def llama_cpp_server(model: UsableModel, threads: int) -> Iterator[str]:
             sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", model.name,
             "--n_ctx", str(model.gpt.config.context_length), "--n_threads", str(threads),
             "--n_threads_batch", str(threads), "--host", "127.0.0.1", "--port", str(port),
+            "--interrupt_requests", "False",  # its default drops a streaming answer when another arrives
         ]  # fmt: skip
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
@@ -233,12 +235,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48, help="the longest answer asked for")
     parser.add_argument("--seed", type=int, default=0, help="seed of the arrival times")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for each server (torch's default)"
+    )
     parser.add_argument("--no-llama-cpp", action="store_true", help="leave out llama.cpp's reference row")
     add_data_argument(parser)
     args = parser.parse_args(argv)
 
     requests = load_requests(args.data, args.requests, args.max_new_tokens)  # a bad --data fails at once
     rates = [float(r) for r in args.rates.split(",")]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     gpt = GPT(GPTConfig.from_size(args.size)).eval()
     model = UsableModel("instruct", gpt, "alpaca", name=args.size, source="random init")
