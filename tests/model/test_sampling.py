@@ -96,7 +96,10 @@ def test_a_slot_cache_step_equals_a_plain_forward_pass(tiny_model: GPT) -> None:
             tiny_model.hidden_states(torch.tensor([prompt]), cache=cache)
             slots.reserve(len(prompt))
             slots.store(slot, cache, 0, len(prompt))
-        slots.move(2, 1)  # row 1 left: row 2 takes its slot
+        slots.keys[:, 1, :, :6] = float("nan")  # a row of 6 that went NaN in slot 1, then left
+        slots.values[:, 1, :, :6] = float("nan")
+        slots.lengths[1] = 6
+        slots.move(2, 1)  # row 2 (3 positions) takes its slot; the step reads to 6, positions 4-5 masked
         rows = [prompts[0], prompts[2]]
         positions, mask = slots.step(2)
         step = tiny_model(torch.tensor([[40], [41]]), position_ids=positions, attn_mask=mask, cache=slots)

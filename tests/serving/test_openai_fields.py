@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from openai import OpenAI
 
 from gpt_finetune.model import GPT, GPTConfig
-from gpt_finetune.serving import batching
+from gpt_finetune.serving import rows
 from gpt_finetune.serving.conversation import render_messages
 from gpt_finetune.serving.loading import UsableModel
 from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
@@ -234,7 +234,7 @@ def test_every_stream_ends_with_done(servers: dict[str, Any], monkeypatch: pytes
     assert {c["index"] for c in finished if c["finish_reason"] == "length"} == {0, 1}
     assert [c["text"] for c in finished[:2]] == ["a", "b"]  # the echoes come first
 
-    real_draw, draws = batching.draw, [0]
+    real_draw, draws = rows.draw, [0]
 
     def second_draw_fails(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         draws[0] += 1
@@ -242,7 +242,7 @@ def test_every_stream_ends_with_done(servers: dict[str, Any], monkeypatch: pytes
             raise RuntimeError("injected")
         return real_draw(probs, generator)
 
-    monkeypatch.setattr(batching, "draw", second_draw_fails)
+    monkeypatch.setattr(rows, "draw", second_draw_fails)
     lines = sse_lines(url, "/v1/completions", {"prompt": "a", "max_tokens": 3, "temperature": 1.0})
     assert lines[-1] == "data: [DONE]" and "generation failed: injected" in lines[-2]
     assert len(lines) == 3  # the first token's text, the error, [DONE]

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from gpt_finetune.model import GPT, GPTConfig
-from gpt_finetune.serving import batching
+from gpt_finetune.serving import rows
 from gpt_finetune.serving.batching import Batcher
 from gpt_finetune.serving.loading import UsableModel, cast_for_decoding
 from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
@@ -27,8 +27,8 @@ TIMEOUT = 300  # seconds for a whole test's requests: generous, never a measurem
 
 def greedy(model: UsableModel, prompts: list[str], max_new_tokens: int) -> list[str]:
     tokenizer = gpt2_tokenizer()
-    rows = model.gpt.generate([tokenizer.encode(p) for p in prompts], max_new_tokens=max_new_tokens)
-    return [tokenizer.decode([t for t in row if t != END_OF_TEXT]) for row in rows]
+    outputs = model.gpt.generate([tokenizer.encode(p) for p in prompts], max_new_tokens=max_new_tokens)
+    return [tokenizer.decode([t for t in row if t != END_OF_TEXT]) for row in outputs]
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -198,7 +198,7 @@ def test_a_request_joining_mid_decode_answers_as_it_would_alone(serve: Serve) ->
 def test_a_failure_in_one_row_fails_only_that_request(
     serve: Serve, random_model: UsableModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_draw = batching.draw
+    real_draw = rows.draw
 
     def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if generator is not None and generator.initial_seed() == 13:
@@ -221,7 +221,7 @@ def test_a_failure_in_one_row_fails_only_that_request(
 
     with serve(random_model) as (url, app):
         alone = [httpx.post(f"{url}/v1/completions", json=b, timeout=TIMEOUT).json() for b in bodies]
-        monkeypatch.setattr(batching, "draw", draw)
+        monkeypatch.setattr(rows, "draw", draw)
         greedy_row, failed, sampled = asyncio.run(send(url, app.state.batcher))
         assert app.state.batcher.largest_batch == 3
         assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error"

@@ -10,17 +10,18 @@ asking for as many tokens as the record's reference answer holds (plus its end-o
 At each rate (requests per second) the requests arrive at the same seeded Poisson times whatever the
 server does (an open loop, as nanochat's and vLLM's serving benchmarks). Rows, each a fresh server in this
 process: continuous batching (`serve.py`'s default), per-batch (the older policy: a batch runs until all
-its rows end before others join), one at a time (`max_batch_size=1`). Where `llama_cpp` imports, a
-reference row: llama.cpp's server (llama-cpp-python's, which answers one request at a time) on our GGUF
-export (f32) of the same weights, in its own process. Per row: generated tokens/s over the whole load,
-time to first token p50/p95, inter-token latency (between streamed chunks) p50/p95, requests lost, and
-whether each request's text equals continuous batching's.
+its rows end before others join), one at a time (`max_batch_size=1`). Where llama-cpp-python's server
+imports (`pip install 'llama-cpp-python[server]'`), a reference row: llama.cpp's server (it answers one
+request at a time) on our GGUF export (f32) of the same weights, in its own process. Per row: generated
+tokens/s over the whole load, time to first token p50/p95, inter-token latency (between streamed chunks)
+p50/p95, requests lost, and whether each request's text equals continuous batching's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import random
@@ -250,12 +251,11 @@ def main(argv: list[str] | None = None) -> None:
     gpt = GPT(GPTConfig.from_size(args.size)).eval()
     model = UsableModel("instruct", gpt, "alpaca", name=args.size, source="random init")
     threads = torch.get_num_threads()
-    try:
-        import llama_cpp  # noqa: F401
-
-        with_llama = not args.no_llama_cpp
-    except ImportError:
-        with_llama = False
+    server_modules = ("llama_cpp", "sse_starlette", "starlette_context", "pydantic_settings")
+    missing = [m for m in server_modules if importlib.util.find_spec(m) is None]
+    with_llama = not args.no_llama_cpp and not missing
+    if missing and not args.no_llama_cpp:
+        print(f"no llama.cpp row: {', '.join(missing)} missing (pip install 'llama-cpp-python[server]')")
     lengths = [r.max_tokens for r in requests]
     mean = sum(lengths) / len(lengths)
     print(

@@ -64,8 +64,8 @@ class SlotCache:
         self.shape = (n_layers, slots, n_heads, 0, head_dim)
         self.max_capacity = max_capacity
         self.device, self.dtype = device, dtype
-        self.keys = torch.empty(self.shape, device=device, dtype=dtype)
-        self.values = torch.empty(self.shape, device=device, dtype=dtype)
+        self.keys = torch.zeros(self.shape, device=device, dtype=dtype)
+        self.values = torch.zeros(self.shape, device=device, dtype=dtype)
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
         self._rows = 0  # slots the current forward covers
         self._span = 0
@@ -83,8 +83,10 @@ class SlotCache:
         capacity = min(max(length, 2 * self.capacity, 64), self.max_capacity)
         n_layers, slots, n_heads, _, head_dim = self.shape
         shape = (n_layers, slots, n_heads, capacity, head_dim)
-        keys = torch.empty(shape, device=self.device, dtype=self.dtype)
-        values = torch.empty(shape, device=self.device, dtype=self.dtype)
+        # Zeros, not empty: a step reads past a short row's length (masked out, weight 0), and 0 x NaN
+        # from uninitialised memory would still poison that row.
+        keys = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        values = torch.zeros(shape, device=self.device, dtype=self.dtype)
         used = self.capacity
         keys[:, :, :, :used] = self.keys
         values[:, :, :, :used] = self.values
@@ -92,6 +94,7 @@ class SlotCache:
 
     def store(self, slot: int, cache: KVCache, row: int, length: int) -> None:
         """Copy the first `length` positions of `row` in an encoded `cache` into `slot`."""
+        self._clear_past(slot, length)
         self.keys[:, slot, :, :length] = cache.keys[:, row, :, :length]
         self.values[:, slot, :, :length] = cache.values[:, row, :, :length]
         self.lengths[slot] = length
@@ -99,9 +102,19 @@ class SlotCache:
     def move(self, source: int, target: int) -> None:
         """Put the row in slot `source` into slot `target` (a row left; the rows stay packed)."""
         length = int(self.lengths[source])
+        self._clear_past(target, length)
         self.keys[:, target, :, :length] = self.keys[:, source, :, :length]
         self.values[:, target, :, :length] = self.values[:, source, :, :length]
         self.lengths[target] = length
+
+    def _clear_past(self, slot: int, length: int) -> None:
+        """Zero what the slot's previous row left past `length`. A step reads a short row's slot up to the
+        longest row's span with those positions masked out (weight 0), and 0 x NaN would still poison it:
+        every position past a slot's length is kept zero (a row that went NaN leaves nothing behind)."""
+        old = int(self.lengths[slot])
+        if old > length:
+            self.keys[:, slot, :, length:old] = 0
+            self.values[:, slot, :, length:old] = 0
 
     def step(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Prepare a decoding step of one token for slots `[0, rows)`: their position ids (rows, 1) and

@@ -29,13 +29,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 
 from gpt_finetune.model.kv_cache import KVCache, SlotCache
-from gpt_finetune.model.sampling import draw, filter_logits
 from gpt_finetune.serving.jobs import Job, Overloaded, QueueTimeout, ServerStopping, WorkerDead
 from gpt_finetune.serving.loading import UsableModel
-from gpt_finetune.serving.rows import Row, prompt_logprobs, token_logprob
+from gpt_finetune.serving.rows import Row, choose, prompt_logprobs
 from gpt_finetune.tokenizer import END_OF_TEXT
 
 log = logging.getLogger(__name__)
@@ -256,7 +254,7 @@ class Batcher:
             placed.append(i)
         if placed:
             self.largest_batch = max(self.largest_batch, len(placed))
-            self._choose(logits[placed], self.rows[-len(placed) :])
+            choose(logits[placed], self.rows[-len(placed) :])
         self._settle(rows)
 
     def _encode(self, rows: list[Row]) -> tuple[torch.Tensor, KVCache]:
@@ -300,53 +298,8 @@ class Batcher:
                 row.job.fail(error)
             self._drop_left()
             return
-        self._choose(logits, self.rows)
+        choose(logits, self.rows)
         self._drop_left()
-
-    def _choose(self, logits: torch.Tensor, rows: list[Row]) -> None:
-        """Pick each row's next token from its (B, V) logits and hand it over; a row that raises fails
-        only its own job."""
-        wanted = any(row.sampling.logprobs is not None for row in rows)
-        logprobs = F.log_softmax(logits, dim=-1) if wanted else None  # of the raw logits
-        if any(row.adjusts for row in rows):
-            logits = logits.clone()
-            for i, row in enumerate(rows):
-                if row.adjusts:
-                    row.adjust(logits[i])
-        chosen = logits.argmax(dim=-1).tolist()
-        sampled = [i for i, row in enumerate(rows) if row.sampling.temperature > 0]
-        if sampled:
-            probs = self._probabilities(logits[sampled], [rows[i] for i in sampled])
-            for j, i in enumerate(sampled):
-                try:
-                    chosen[i] = int(draw(probs[j : j + 1], rows[i].generator)[0])
-                except Exception as error:
-                    self._fail(rows[i], error)
-        for i, row in enumerate(rows):
-            if row.done or row.job.failed:
-                continue
-            try:
-                top = row.sampling.logprobs
-                entry = None
-                if logprobs is not None and top is not None:
-                    entry = token_logprob(logprobs[i], chosen[i], top)
-                row.accept(chosen[i], entry)
-            except Exception as error:
-                self._fail(row, error)
-
-    def _probabilities(self, logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
-        """Sampling probabilities of the sampled rows: temperature, then top-k, then top-p."""
-        device = logits.device
-        temperatures = torch.tensor([row.sampling.temperature for row in rows], device=device)
-        ks = [row.sampling.top_k for row in rows]
-        ps = [row.sampling.top_p for row in rows]
-        top_ks = torch.tensor([k or self.vocab_size for k in ks], device=device) if any(ks) else None
-        top_ps = torch.tensor([p or 1.0 for p in ps], device=device) if any(ps) else None
-        return torch.softmax(filter_logits(logits, temperatures, top_ks, top_ps), dim=-1)
-
-    def _fail(self, row: Row, error: Exception) -> None:
-        log.error("request failed in its row: %r", error, exc_info=error)
-        row.job.fail(error)
 
     def _drop_left(self) -> None:
         """Take out the rows that ended or whose job failed or lost its client; keep the rest packed."""

@@ -1,16 +1,23 @@
-"""One answer being decoded: its prompt, generator, penalties and bias, text so far, and how it ends.
+"""One answer being decoded: its prompt, generator, penalties and bias, text so far, and how it ends;
+and how the rows of a step pick their next tokens, each on its own.
 
-The batching worker owns every `Row`; a row turns the tokens the worker picks for it into the job's
-events (text pieces while streaming, then one `Finished`).
+The batching worker owns every `Row`; a row turns the tokens picked for it into the job's events (text
+pieces while streaming, then one `Finished`). Picking runs per row where it can raise (sampling, log-probs,
+text), so a row that fails fails only its own job.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
+from gpt_finetune.model.sampling import draw, filter_logits
 from gpt_finetune.serving.jobs import Finished, Job, Piece, TokenLogprob
 from gpt_finetune.serving.streaming import TextStream
+
+log = logging.getLogger(__name__)
 
 
 class Row:
@@ -98,3 +105,49 @@ def prompt_logprobs(logits: torch.Tensor, prompt: list[int], top: int) -> tuple[
     logprobs = F.log_softmax(logits.float(), dim=-1)
     first = TokenLogprob(prompt[0], None)
     return (first, *(token_logprob(logprobs[i], t, top) for i, t in enumerate(prompt[1:])))
+
+
+def choose(logits: torch.Tensor, rows: list[Row]) -> None:
+    """Pick each row's next token from the step's (B, V) logits and hand it over: penalties and bias,
+    then argmax or a sample; log-probs of the raw logits. A row that raises fails only its own job."""
+    wanted = any(row.sampling.logprobs is not None for row in rows)
+    logprobs = F.log_softmax(logits, dim=-1) if wanted else None
+    if any(row.adjusts for row in rows):
+        logits = logits.clone()
+        for i, row in enumerate(rows):
+            if row.adjusts:
+                row.adjust(logits[i])
+    chosen = logits.argmax(dim=-1).tolist()
+    sampled = [i for i, row in enumerate(rows) if row.sampling.temperature > 0]
+    if sampled:
+        probs = probabilities(logits[sampled], [rows[i] for i in sampled])
+        for j, i in enumerate(sampled):
+            try:
+                chosen[i] = int(draw(probs[j : j + 1], rows[i].generator)[0])
+            except Exception as error:
+                fail(rows[i], error)
+    for i, row in enumerate(rows):
+        if row.done or row.job.failed:
+            continue
+        try:
+            top = row.sampling.logprobs
+            entry = None if logprobs is None or top is None else token_logprob(logprobs[i], chosen[i], top)
+            row.accept(chosen[i], entry)
+        except Exception as error:
+            fail(row, error)
+
+
+def probabilities(logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
+    """Sampling probabilities of sampled rows' (B, V) logits: temperature, then top-k, then top-p."""
+    device = logits.device
+    temperatures = torch.tensor([row.sampling.temperature for row in rows], device=device)
+    ks = [row.sampling.top_k for row in rows]
+    ps = [row.sampling.top_p for row in rows]
+    top_ks = torch.tensor([k or logits.shape[-1] for k in ks], device=device) if any(ks) else None
+    top_ps = torch.tensor([p or 1.0 for p in ps], device=device) if any(ps) else None
+    return torch.softmax(filter_logits(logits, temperatures, top_ks, top_ps), dim=-1)
+
+
+def fail(row: Row, error: Exception) -> None:
+    log.error("a request failed in its row: %r", error, exc_info=error)
+    row.job.fail(error)
