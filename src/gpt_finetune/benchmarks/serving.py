@@ -1,6 +1,6 @@
 """Serving under load: continuous batching vs. per-batch vs. one request at a time, open-loop arrivals.
 
-    python -m gpt_finetune.benchmarks.serving [--size gpt2-small] [--rates 0.1,0.2,0.4] [--requests 16] \
+    python -m gpt_finetune.benchmarks.serving [--size gpt2-small] [--rates 0.5,1,2,4] [--requests 24] \
         [--max-batch-size 16] [--max-new-tokens 48] [--threads N] [--data FILE | sample] [--no-llama-cpp]
 
 Random weights (no download). The requests are the test split of `--data` (the book's 110 test records,
@@ -231,8 +231,8 @@ def run_row(name: str, url: str, model: str, requests: list[Request], rate: floa
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="gpt2-small")
-    parser.add_argument("--rates", default="0.1,0.2,0.4", help="arrival rates, requests per second")
-    parser.add_argument("--requests", type=int, default=16, help="requests per rate (the first test records)")
+    parser.add_argument("--rates", default="0.5,1,2,4", help="arrival rates, requests per second")
+    parser.add_argument("--requests", type=int, default=24, help="requests per rate (the first test records)")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48, help="the longest answer asked for")
     parser.add_argument("--seed", type=int, default=0, help="seed of the arrival times")
