@@ -20,17 +20,19 @@ from typing import Any
 from omegaconf import DictConfig
 
 from gpt_finetune.config import register_resolvers
-from gpt_finetune.data.prompts import prompt_style
 from gpt_finetune.errors import UserError, run_command
-from gpt_finetune.serving.conversation import prompt_tokens
-from gpt_finetune.serving.loading import UsableModel, load_configured
+from gpt_finetune.model.sampling import sampling_problems
+from gpt_finetune.serving.conversation import prompt_tokens, stop_strings
+from gpt_finetune.serving.loading import UsableModel, cast_for_decoding, check_decode_dtype, load_configured
 from gpt_finetune.serving.streaming import TextStream
+from gpt_finetune.tokenizer import gpt2_tokenizer
 
 Message = dict[str, str]
 PROMPT = "> "
 HELP = """\
 /temperature T   sampling temperature (0 = greedy)
 /top_k K         sample from the K most likely tokens (/top_k none: from all)
+/top_p P         sample from the nucleus: the fewest tokens with probability P (/top_p none: all)
 /max_tokens N    answer with at most N tokens
 /seed S          seed for sampling (/seed none: a fresh draw each answer)
 /reset           forget the conversation (the system message stays)
@@ -52,38 +54,33 @@ class Settings:
     temperature: float = 0.0
     top_k: int | None = None
     seed: int | None = None
+    top_p: float | None = None
 
     @classmethod
     def from_config(cls, node: DictConfig) -> Settings:
         """The `generate` config node, checked; every problem in one line naming the key."""
-        settings = cls(node.max_new_tokens, node.temperature, node.top_k, node.seed)
+        settings = cls(node.max_new_tokens, node.temperature, node.top_k, node.seed, node.top_p)
         problems = [f"generate.{p}" for p in settings.problems()]
         if problems:
             raise UserError("; ".join(problems))
         return settings
 
     def problems(self) -> list[str]:
+        """What is wrong, one `name=value: fix` phrase each (the bounds the server holds requests to)."""
         found = []
         if self.max_new_tokens < 1:
             found.append(f"max_new_tokens={self.max_new_tokens}: use a positive number of tokens")
-        if self.temperature < 0:
-            found.append(f"temperature={self.temperature}: use 0 (greedy) or more")
-        if self.top_k is not None and self.top_k < 1:
-            found.append(f"top_k={self.top_k}: use a positive integer or null")
-        return found
+        vocab = gpt2_tokenizer().n_vocab
+        return found + sampling_problems(self.temperature, self.top_k, self.top_p, self.seed, vocab)
 
     def describe(self) -> str:
         top_k = "none" if self.top_k is None else self.top_k
+        top_p = "none" if self.top_p is None else f"{self.top_p:g}"
         seed = "none" if self.seed is None else self.seed
         return (
-            f"temperature {self.temperature:g}, top_k {top_k}, max_tokens {self.max_new_tokens}, seed {seed}"
+            f"temperature {self.temperature:g}, top_k {top_k}, top_p {top_p}, "
+            f"max_tokens {self.max_new_tokens}, seed {seed}"
         )
-
-
-def turn_stops(style: str) -> list[str]:
-    """Where a next user turn would begin in `style` (`### Instruction:`): an answer ends before it."""
-    opening = prompt_style(style)("\0", "").split("\0")[0].strip()
-    return [opening.splitlines()[-1]] if opening else []
 
 
 class Conversation:
@@ -93,7 +90,7 @@ class Conversation:
         self.model, self.settings = model, settings
         self.system: list[Message] = [{"role": "system", "content": system}] if system else []
         self.turns: list[Message] = []
-        self.stops = turn_stops(model.prompt_style)
+        self.stops = stop_strings(model.prompt_style)
         self.context = model.gpt.config.context_length
         self.interrupted = False
 
@@ -141,6 +138,7 @@ class Conversation:
                 max_new_tokens=s.max_new_tokens,
                 temperature=s.temperature,
                 top_k=s.top_k,
+                top_p=s.top_p,
                 seed=s.seed,
                 on_token=on_token,
             )
@@ -186,6 +184,7 @@ def number(text: str, kind: type[int] | type[float], optional: bool = False) -> 
 SETTINGS = {  # slash command -> (setting, type, may be none, usage)
     "/temperature": ("temperature", float, False, "/temperature 0.7 (0 = greedy)"),
     "/top_k": ("top_k", int, True, "/top_k 40 or /top_k none"),
+    "/top_p": ("top_p", float, True, "/top_p 0.9 or /top_p none"),
     "/max_tokens": ("max_new_tokens", int, False, "/max_tokens 200"),
     "/seed": ("seed", int, True, "/seed 123 or /seed none"),
 }
@@ -260,7 +259,9 @@ def converse(model: UsableModel, chat: Conversation | None, interactive: bool) -
 def chat(cfg: DictConfig) -> None:
     """Load the model `cfg` names, then answer `cfg.prompt` once or converse line by line."""
     settings = Settings.from_config(cfg.generate)
+    check_decode_dtype(str(cfg.dtype))
     model = load_configured(cfg)
+    cast_for_decoding(model, str(cfg.dtype))
     if cfg.prompt is not None and not str(cfg.prompt).strip():
         raise UserError('prompt is empty; pass a text: prompt="..." (or leave it out to chat)')
     if model.kind == "classify":

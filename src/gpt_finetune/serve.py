@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,8 +13,10 @@ from omegaconf import DictConfig
 
 from gpt_finetune.config import register_resolvers
 from gpt_finetune.errors import UserError, run_command
-from gpt_finetune.serving.loading import load_configured
+from gpt_finetune.model.sampling import sampling_problems
+from gpt_finetune.serving.loading import DECODE_DTYPES, cast_for_decoding, load_configured
 from gpt_finetune.serving.server import ServerSettings, bind, create_app, url_of
+from gpt_finetune.tokenizer import gpt2_tokenizer
 
 
 class Server(uvicorn.Server):
@@ -41,25 +45,65 @@ def read_api_key(env_name: str | None) -> str | None:
     return key
 
 
-def serve(cfg: DictConfig) -> None:
-    """Load the model, bind the port, serve until Ctrl-C or SIGTERM."""
-    api_key = read_api_key(cfg.api_key_env)
+def settings_problems(cfg: DictConfig) -> list[str]:
+    """What is wrong with serve.yaml's own settings and `generate.*` request defaults, each naming its key."""
+    found = []
     if cfg.max_batch_size < 1:
-        raise UserError(f"max_batch_size={cfg.max_batch_size}; use 1 (no batching) or more")
+        found.append(f"max_batch_size={cfg.max_batch_size}: use 1 (no batching) or more")
     if cfg.batch_wait_ms < 0:
-        raise UserError(f"batch_wait_ms={cfg.batch_wait_ms}; use 0 (start at once) or more")
+        found.append(f"batch_wait_ms={cfg.batch_wait_ms}: use 0 (start at once) or more")
+    if cfg.max_waiting is not None and cfg.max_waiting < 1:
+        found.append(f"max_waiting={cfg.max_waiting}: use a positive number of requests, or null (no limit)")
+    if cfg.queue_timeout_s is not None and not cfg.queue_timeout_s > 0:
+        found.append(f"queue_timeout_s={cfg.queue_timeout_s}: use a positive number of seconds, or null")
+    if cfg.dtype not in DECODE_DTYPES:
+        found.append(f"dtype={cfg.dtype}: use {' or '.join(DECODE_DTYPES)}")
+    g = cfg.generate
+    if g.max_new_tokens < 1:
+        found.append(f"generate.max_new_tokens={g.max_new_tokens}: use a positive number of tokens")
+    vocab = gpt2_tokenizer().n_vocab
+    found += [f"generate.{p}" for p in sampling_problems(g.temperature, g.top_k, g.top_p, None, vocab)]
+    return found
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may well be reachable from elsewhere
+
+
+def serve(cfg: DictConfig) -> None:
+    """Check the settings, load the model, bind the port, serve until Ctrl-C or SIGTERM."""
+    problems = settings_problems(cfg)
+    if problems:
+        raise UserError("; ".join(problems))
+    api_key = read_api_key(cfg.api_key_env)
+    if api_key is None and not is_loopback(str(cfg.host)):
+        print(
+            f"warning: host={cfg.host} serves beyond this machine with no key; anyone who can reach it "
+            "can use the model (set api_key_env=VAR with the key in $VAR)",
+            file=sys.stderr,
+            flush=True,
+        )
     sock = bind(str(cfg.host), int(cfg.port))  # before the (slow) load: a taken port fails at once
     usable = load_configured(cfg)
+    cast_for_decoding(usable, str(cfg.dtype))
     if cfg.model_name is not None:
         usable.name = str(cfg.model_name)
     settings = ServerSettings(
         max_batch_size=int(cfg.max_batch_size),
         batch_wait_ms=float(cfg.batch_wait_ms),
+        max_waiting=None if cfg.max_waiting is None else int(cfg.max_waiting),
+        queue_timeout_s=None if cfg.queue_timeout_s is None else float(cfg.queue_timeout_s),
         max_body_bytes=int(cfg.max_body_bytes),
         api_key=api_key,
         max_new_tokens=int(cfg.generate.max_new_tokens),
         temperature=float(cfg.generate.temperature),
         top_k=None if cfg.generate.top_k is None else int(cfg.generate.top_k),
+        top_p=None if cfg.generate.top_p is None else float(cfg.generate.top_p),
     )
     server = Server(
         uvicorn.Config(

@@ -89,7 +89,7 @@ def test_cli_missing_data_exits_2_without_traceback(tmp_path: Path) -> None:
 def test_generation_prints_the_data_file_it_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = records_file(tmp_path)
     argv = ["--size", "tiny", "--prompts", "3", "--new-tokens", "2", "--reference-prompts", "1"]
-    generation.main([*argv, "--batch-size", "3", "--data", str(path)])
+    generation.main([*argv, "--batch-size", "3", "--single-prompts", "0", "--data", str(path)])
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"data: {path}"
     assert out[1].startswith("tiny, random weights") and "3 prompts" in out[1]

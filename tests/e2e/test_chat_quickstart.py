@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from ddp_faults import end_job, train_job
 
-from gpt_finetune.chat import turn_stops
 from gpt_finetune.evaluate import evaluate
-from gpt_finetune.serving.conversation import prompt_tokens
+from gpt_finetune.serving.conversation import prompt_tokens, stop_strings
 from gpt_finetune.serving.loading import UsableModel, load_model
 from gpt_finetune.serving.streaming import TextStream
 
@@ -63,7 +62,7 @@ def test_evaluate_reports_the_turns_and_regenerates_from_the_checkpoint(
 
 def expected_answer(model: UsableModel, messages: list[dict[str, str]], max_new_tokens: int) -> str:
     """What chat.py prints for the last of `messages`: the greedy tokens, up to a next turn's opening."""
-    stream = TextStream(turn_stops(model.prompt_style))
+    stream = TextStream(stop_strings(model.prompt_style))
     for token in model.gpt.generate(
         [prompt_tokens(messages, model.prompt_style)], max_new_tokens=max_new_tokens
     )[0]:

@@ -103,10 +103,24 @@ def test_template_renders_a_bare_prompt_with_and_without_a_system_message(style:
     )
 
 
-def test_modelfile_points_at_the_gguf_and_stops_at_end_of_text() -> None:
-    lines = modelfile("alpaca", 512).splitlines()
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
+)
+STOP_LINES = {  # end-of-text, and where the style opens the next user turn (as chat.py and serve.py stop)
+    "alpaca": ["<|endoftext|>", ALPACA_PREAMBLE, "### Instruction:"],
+    "phi3": ["<|endoftext|>", "<|user|>"],
+    "chatml": ["<|endoftext|>", "<|im_start|>user"],
+}
+
+
+@pytest.mark.parametrize("style", sorted(STOP_LINES))
+def test_modelfile_points_at_the_gguf_and_stops_where_chat_and_serve_stop(style: str) -> None:
+    lines = modelfile(style, 512).splitlines()
     assert lines[0] == "FROM ./model.gguf"
-    assert 'PARAMETER stop "<|endoftext|>"' in lines
+    assert [line for line in lines if line.startswith("PARAMETER stop ")] == [
+        f'PARAMETER stop "{stop}"' for stop in STOP_LINES[style]
+    ]
     assert "PARAMETER num_ctx 512" in lines
     assert "PARAMETER temperature 0" in lines
 

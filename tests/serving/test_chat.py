@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from hydra import compose, initialize_config_dir
 
-from gpt_finetune.chat import PROMPT, turn_stops
+from gpt_finetune.chat import PROMPT
 from gpt_finetune.predict import literal_text_argv
-from gpt_finetune.serving.conversation import prompt_tokens
+from gpt_finetune.serving.conversation import prompt_tokens, stop_strings
 from gpt_finetune.serving.loading import UsableModel, load_model
 from gpt_finetune.serving.streaming import TextStream
 from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
@@ -34,6 +34,17 @@ GATED_CHAT = Path(__file__).resolve().parent / "gated_chat.py"
 QUESTION = "Name a colour."
 SAMPLED = {"temperature": 1.0, "seed": 5}
 Message = dict[str, str]
+# Where each prompt style opens the next user turn: an answer ends before either line (pinned here, not
+# computed with the function under test).
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
+)
+STOPS = {
+    "alpaca": [ALPACA_PREAMBLE, "### Instruction:"],
+    "phi3": ["<|user|>"],
+    "chatml": ["<|im_start|>user"],
+}
 
 
 def user(text: str) -> Message:
@@ -57,9 +68,23 @@ def streamed(tokens: list[int], stops: list[str]) -> tuple[list[str], str]:
     return pieces, stream.text
 
 
+def test_each_prompt_style_stops_where_its_next_turn_would_begin() -> None:
+    assert {style: stop_strings(style) for style in STOPS} == STOPS
+    tokenizer = gpt2_tokenizer()
+    rambling = {
+        "alpaca": "Blue.\n### Instruction:\nName another.",
+        "phi3": "Blue.\n<|user|>\nName another.",
+        "chatml": "Blue.\n<|im_start|>user\nName another.",
+    }
+    for style, text in rambling.items():
+        assert streamed(tokenizer.encode(text, disallowed_special=()), STOPS[style])[1] == "Blue.\n"
+    preamble = f"Blue.\n\n{ALPACA_PREAMBLE}\n\n### Instruction:\nName another."
+    assert streamed(tokenizer.encode(preamble), STOPS["alpaca"])[1] == "Blue.\n\n"
+
+
 def expected_answer(model: UsableModel, messages: list[Message], **settings: Any) -> str:
     """The answer chat.py gives in a conversation: the tokens up to the next turn's opening."""
-    return streamed(answer_tokens(model, messages, **settings), turn_stops(model.prompt_style))[1]
+    return streamed(answer_tokens(model, messages, **settings), STOPS[model.prompt_style])[1]
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +210,7 @@ def gated_answer(model: UsableModel) -> tuple[list[str], list[int], list[str], i
     """(settings args, the answer's tokens, what is printed per token, the token to pause after)."""
     args = ["generate.max_new_tokens=24", "generate.temperature=1.0", "generate.seed=5"]
     tokens = answer_tokens(model, [user(QUESTION)], max_new_tokens=24, **SAMPLED)
-    pieces, _ = streamed(tokens, turn_stops(model.prompt_style))
+    pieces, _ = streamed(tokens, STOPS[model.prompt_style])
     return args, tokens, pieces, first_visible(pieces)
 
 
@@ -219,7 +244,7 @@ def test_ctrl_c_stops_the_answer_and_at_the_prompt_exits_130(
     model: UsableModel, gated_terminal: Any, tmp_path: Path
 ) -> None:
     args, tokens, pieces, k = gated_answer(model)
-    stopped = streamed(tokens[: k + 1], turn_stops(model.prompt_style))[1]
+    stopped = streamed(tokens[: k + 1], STOPS[model.prompt_style])[1]
     assert len(stopped) < len("".join(pieces))
     terminal = gated_terminal(k, "sigint", *args)
     start = ask(terminal, QUESTION)
@@ -244,18 +269,24 @@ def test_piped_lines_are_turns_and_slash_commands_change_settings(
     )
     assert a1 != a2  # greedy, then sampled
     lines = [
-        QUESTION, "/temperature 1", "/temperature -1", "/seed 5", long, "/reset", long,
-        "/top_k 1", "/max_tokens 4", "/max_tokens many", "/bogus", "", QUESTION, "/quit", QUESTION,
+        QUESTION, "/temperature 1", "/temperature -1", "/temperature 1e-40", "/seed 5", long, "/reset",
+        long, "/top_k 1", "/top_k 0", "/seed 18446744073709551616", "/top_p 0", "/top_p 1", "/max_tokens 4",
+        "/max_tokens many", "/bogus", "", QUESTION, "/quit", QUESTION,
     ]  # fmt: skip
     done = run_chat(f"run_dir={quickstart_run}", "generate.max_new_tokens=12", input="\n".join(lines) + "\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{a1}\n{a2}\n{a3}\n{a4}\n"  # nothing after /quit
     assert "forgot the oldest" not in done.stderr  # the second long turn fits: /reset forgot the first
     assert done.stderr.count("(conversation forgotten)") == 1
-    assert "temperature=-1.0: use 0 (greedy) or more; e.g. /temperature 0.7" in done.stderr
+    use = "use 0 (greedy) or a value in [0.01, 2.0]; e.g. /temperature 0.7"
+    assert f"/temperature: temperature=-1.0: {use}" in done.stderr
+    assert f"/temperature: temperature=1e-40: {use}" in done.stderr
+    assert "/top_k: top_k=0: use a positive integer up to the vocabulary size 50257" in done.stderr
+    assert "/seed: seed=18446744073709551616: use an integer in [0, 2**63), or null" in done.stderr
+    assert "/top_p: top_p=0.0: use a value in (0, 1], or null" in done.stderr
     assert "/max_tokens: 'many' is not a number" in done.stderr
     assert "unknown command /bogus; /help lists the commands" in done.stderr
-    assert "(temperature 1, top_k 1, max_tokens 4, seed 5)" in done.stderr
+    assert "(temperature 1, top_k 1, top_p 1, max_tokens 4, seed 5)" in done.stderr
 
 
 def test_a_conversation_that_outgrows_the_context_forgets_its_oldest_turns(
@@ -323,7 +354,13 @@ def test_a_classification_run_classifies_each_line(classify_run: Path) -> None:
         (["run_dir=EMPTY"], "no checkpoints/*.ckpt; give the output folder of a train.py run"),
         (
             ["run_dir=EMPTY", "generate.top_k=0", "generate.temperature=-1"],
-            "error: generate.temperature=-1: use 0 (greedy) or more; generate.top_k=0",
+            "error: generate.temperature=-1: use 0 (greedy) or a value in [0.01, 2.0]; generate.top_k=0",
+        ),
+        (["run_dir=EMPTY", "dtype=fp16"], "error: dtype=fp16: use fp32 or bf16"),
+        (
+            ["run_dir=EMPTY", "generate.temperature=1e-40", "generate.seed=18446744073709551616"],
+            "error: generate.temperature=1e-40: use 0 (greedy) or a value in [0.01, 2.0]; "
+            "generate.seed=18446744073709551616: use an integer in [0, 2**63)",
         ),
     ],
 )

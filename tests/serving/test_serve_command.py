@@ -122,3 +122,32 @@ def test_a_taken_port_is_one_error_line(quickstart_run: Path, serve_process: typ
     second = serve_process(f"run_dir={quickstart_run}", f"port={port}", "device=cpu")
     assert second.process.wait(timeout=120) == 2
     second.wait_for(rf"^error: cannot listen on 127\.0\.0\.1:{port} .*pass another port=N")
+
+
+def test_bad_request_defaults_are_one_error_line_before_loading(serve_process: type[ServeProcess]) -> None:
+    server = serve_process(
+        "run_dir=/nonexistent/run",  # never reached: the settings are checked first
+        "generate.temperature=1e-40",
+        "generate.top_k=0",
+        "generate.top_p=1.5",
+        "max_waiting=0",
+        "dtype=fp16",
+    )
+    assert server.process.wait(timeout=120) == 2
+    line = server.wait_for(r"^error: ")
+    assert line.string.strip() == (
+        "error: max_waiting=0: use a positive number of requests, or null (no limit); "
+        "dtype=fp16: use fp32 or bf16; generate.temperature=1e-40: use 0 (greedy) or a value in [0.01, 2.0]; "
+        "generate.top_k=0: use a positive integer up to the vocabulary size 50257, or null (all tokens); "
+        "generate.top_p=1.5: use a value in (0, 1], or null (1: all tokens)"
+    )
+    assert len([x for x in server.output if x.strip()]) == 1
+
+
+def test_serving_beyond_loopback_without_a_key_warns(
+    quickstart_run: Path, serve_process: type[ServeProcess]
+) -> None:
+    server = serve_process(f"run_dir={quickstart_run}", "host=0.0.0.0", "port=0", "device=cpu")
+    warning = server.wait_for(r"^warning: ")
+    assert "host=0.0.0.0 serves beyond this machine with no key" in warning.string
+    assert "api_key_env" in warning.string

@@ -112,8 +112,9 @@ def test_seeded_sampling_is_reproducible(client: OpenAI, instruct_model: UsableM
 
 
 def test_client_errors_are_raised_as_openai_errors(client: OpenAI, instruct_model: UsableModel) -> None:
-    with pytest.raises(BadRequestError, match="n=2 is not supported"):
-        client.chat.completions.create(model=instruct_model.name, messages=MESSAGES, n=2)  # type: ignore[arg-type]
+    with pytest.raises(BadRequestError, match="tools: not supported by this server"):
+        tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+        client.chat.completions.create(model=instruct_model.name, messages=MESSAGES, tools=tools)  # type: ignore[arg-type]
     with pytest.raises(BadRequestError, match="exceeds the model's context"):
         client.completions.create(model=instruct_model.name, prompt="hi", max_tokens=100_000)
     with pytest.raises(NotFoundError, match="not served here"):

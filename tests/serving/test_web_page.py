@@ -114,3 +114,65 @@ def test_the_classify_page_shows_label_bars(
         best = browser.find_element(By.CSS_SELECTOR, ".result .bar.best .label").text
     assert shown == {label: f"{100 * p:.1f}%" for label, p in zip(model.labels, probs, strict=True)}
     assert best == model.labels[max(range(len(probs)), key=probs.__getitem__)]
+
+
+def replies(browser: Any, state: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_elements(By.CSS_SELECTOR, f".assistant[data-state={state}]")
+
+
+def test_the_chat_page_forgets_its_oldest_turns_past_the_context(
+    serve: Serve, random_model: UsableModel, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    long = " ".join(["word"] * 100)  # 100+ tokens: two do not fit a 256-token context with room to answer
+    first, second = f"{long} A", f"{long} B"
+    tokenizer = gpt2_tokenizer()
+    alone = render_messages([{"role": "user", "content": second}], random_model.prompt_style)
+    tokens = random_model.gpt.generate([tokenizer.encode(alone)], max_new_tokens=16)[0]
+    expected = tokenizer.decode([t for t in tokens if t != END_OF_TEXT])
+    with serve(random_model, max_new_tokens=16) as (url, _):
+        browser.get(url + "/")
+        type_and_send(browser, first)
+        WebDriverWait(browser, 120).until(lambda b: len(replies(b, "done")) == 1)
+        type_and_send(browser, second)
+        WebDriverWait(browser, 120).until(lambda b: len(replies(b, "done")) == 2)
+        notes = [n.text for n in browser.find_elements(By.CSS_SELECTOR, ".note")]
+        errors = browser.find_elements(By.CSS_SELECTOR, ".error")
+        history = browser.execute_script("return history")
+        reply = replies(browser, "done")[1].get_attribute("textContent")
+    assert not errors and notes == ["(forgot the oldest 1 exchange(s): the conversation outgrew the context)"]
+    assert [m["content"] for m in history] == [second, expected]
+    assert reply == expected
+
+
+def test_a_failed_answer_does_not_stay_in_the_conversation(
+    serve: Serve, random_model: UsableModel, browser: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from gpt_finetune.serving.rows import Row
+
+    accept = Row.accept
+
+    def third_token_fails(row: Row, token: int, logprob: Any) -> None:
+        if len(row.tokens) == 2 and "fail" in gpt2_tokenizer().decode(row.prompt):
+            raise RuntimeError("injected")
+        accept(row, token, logprob)
+
+    monkeypatch.setattr(Row, "accept", third_token_fails)
+    with serve(random_model, max_new_tokens=16) as (url, _):
+        browser.get(url + "/")
+        type_and_send(browser, "please fail")
+        WebDriverWait(browser, 120).until(lambda b: replies(b, "failed"))
+        error = browser.find_element(By.CSS_SELECTOR, ".error").text
+        assert browser.execute_script("return history") == []
+        type_and_send(browser, "Hello")
+        WebDriverWait(browser, 120).until(lambda b: replies(b, "done"))
+        history = browser.execute_script("return history")
+    assert "injected" in error
+    assert [m["role"] for m in history] == ["user", "assistant"] and history[0]["content"] == "Hello"

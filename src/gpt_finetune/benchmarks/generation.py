@@ -1,6 +1,8 @@
-"""Generation speed: the book's one-prompt full-recompute loop vs. batched decoding with a KV cache.
+"""Generation speed: the book's one-prompt full-recompute loop vs. batched decoding with a KV cache, then
+one stream (batch 1) beside transformers and llama.cpp (`benchmarks.single_stream`).
 
     python -m gpt_finetune.benchmarks.generation [--size gpt2-small] [--prompts 32] [--new-tokens 256] \
+        [--single-prompts 2] [--single-tokens 128] [--only-single] [--threads N] \
         [--data ../shared/data/instruction-data.json | sample]
 
 Random weights, end-of-text disabled so every response has exactly `--new-tokens` tokens. Prompts come from
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 from gpt_finetune.benchmarks.data_file import add_data_argument, read_data
+from gpt_finetune.benchmarks.single_stream import print_table, single_stream_rows
 from gpt_finetune.data.prompts import format_prompt
 from gpt_finetune.devices import peak_rss_gib
 from gpt_finetune.model import GPT, GPTConfig
@@ -50,10 +53,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--reference-prompts", type=int, default=4, help="prompts timed with the book's loop")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--single-prompts", type=int, default=2, help="prompts in the batch-1 table; 0: none")
+    parser.add_argument("--single-tokens", type=int, default=128, help="new tokens per batch-1 answer")
+    parser.add_argument("--only-single", action="store_true", help="only the batch-1 table")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch's default)")
     add_data_argument(parser)
     args = parser.parse_args(argv)
 
     prompts, path = load_prompts(args.data, args.prompts)  # before any work: a bad --data fails at once
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_size(args.size)).eval()
     lengths = [len(p) for p in prompts]
@@ -63,8 +72,20 @@ def main(argv: list[str] | None = None) -> None:
         f"({min(lengths)}-{max(lengths)} tokens) x {args.new_tokens} new tokens"
     )
 
+    if not args.only_single:
+        batched_and_book(model, prompts, args)
+    if args.single_prompts:
+        single = prompts[: args.single_prompts]
+        rows = single_stream_rows(model, single, args.single_tokens, torch.get_num_threads())
+        print_table(rows, len(single), args.single_tokens)
+        print(f"peak RSS {peak_rss_gib():.2f} GiB")
+
+
+def batched_and_book(model: GPT, prompts: list[list[int]], args: argparse.Namespace) -> None:
+    """Batched KV-cache decoding of every prompt against the book's loop on the first few."""
     start = time.perf_counter()
-    ours = model.generate(prompts, max_new_tokens=args.new_tokens, eos_id=None, batch_size=args.batch_size)
+    batch = args.batch_size
+    ours = model.generate(prompts, max_new_tokens=args.new_tokens, eos_id=None, batch_size=batch)
     ours_s = time.perf_counter() - start
 
     reference = prompts[: args.reference_prompts]
@@ -78,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| method | prompts timed | total s | s / response | new tokens/s |")
     print("|---|---:|---:|---:|---:|")
     print(
-        f"| book: one prompt at a time, full recompute | {len(reference)} | {book_s:.1f} | {book_per:.2f} "
+        f"| book: one prompt at a time, full recompute | {len(reference)} | {book_s:.1f} "
+        f"| {book_per:.2f} "
         f"| {len(reference) * args.new_tokens / book_s:.0f} |"
     )
     print(

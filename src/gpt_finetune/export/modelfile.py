@@ -13,6 +13,7 @@ from pathlib import Path
 from gpt_finetune.data.conversation_prompts import END_OF_TURN, TURN_SEPARATOR
 from gpt_finetune.errors import UserError
 from gpt_finetune.export.chat_template import user_turn
+from gpt_finetune.serving.conversation import stop_strings
 from gpt_finetune.tokenizer import END_OF_TEXT_STRING
 
 GGUF_NAME = "model.gguf"
@@ -39,11 +40,16 @@ def go_template(style: str) -> str:
 
 
 def modelfile(style: str, context_length: int) -> str:
-    """The Modelfile beside `model.gguf`: greedy answers, at most the model's context, stop at EOS."""
+    """The Modelfile beside `model.gguf`: greedy answers, at most the model's context; stops at EOS and
+    where the style opens the next user turn (`conversation.stop_strings`, as chat.py and serve.py do)."""
+    stops = [END_OF_TEXT_STRING, *stop_strings(style)]
+    if any('"' in stop for stop in stops):
+        raise UserError(f"prompt style {style!r} has a stop string with '\"', which a Modelfile cannot quote")
+    stop_lines = "".join(f'PARAMETER stop "{stop}"\n' for stop in stops)
     return (
         f"FROM ./{GGUF_NAME}\n"
         f'TEMPLATE """{go_template(style)}"""\n'
-        f'PARAMETER stop "{END_OF_TEXT_STRING}"\n'
+        f"{stop_lines}"
         "PARAMETER temperature 0\n"  # greedy, as chat.py and serve.py answer by default
         f"PARAMETER num_ctx {context_length}\n"  # positions past GPT-2's context do not exist
     )

@@ -1,4 +1,4 @@
-"""Batched text generation with a KV cache: greedy, temperature and top-k sampling, stop at end-of-text.
+"""Batched text generation with a KV cache: greedy or sampled (temperature, top-k, top-p), to end-of-text.
 
 Prompts of different lengths are left-padded; each row gets its own positions (0 at its first real
 token) and attends only to its own real tokens, so a row decodes exactly as it would alone. When a row
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 
 from gpt_finetune.model.kv_cache import KVCache
+from gpt_finetune.model.sampling import draw, filter_logits
 from gpt_finetune.tokenizer import END_OF_TEXT
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ class RowSettings:
     limits: list[int]  # max new tokens
     temperatures: list[float]
     top_ks: list[int | None]
+    top_ps: list[float | None]
     generators: list[torch.Generator | None]
 
     def take(self, index: list[int]) -> RowSettings:
@@ -46,6 +48,7 @@ def generate(
     max_new_tokens: int | Sequence[int] = 256,
     temperature: float | Sequence[float] = 0.0,
     top_k: int | Sequence[int | None] | None = None,
+    top_p: float | Sequence[float | None] | None = None,
     eos_id: int | None = END_OF_TEXT,
     seed: int | Sequence[int | None] | None = None,
     batch_size: int | None = None,
@@ -56,14 +59,16 @@ def generate(
     """New tokens for each prompt (ending with `eos_id` where the row stopped on it), in prompt order.
 
     `temperature=0` is greedy; otherwise logits are divided by it and sampled, from the `top_k` most
-    likely tokens when given. `batch_size` bounds how many prompts decode together (similar lengths
-    are grouped to save padding); `seed` makes sampling reproducible. `on_batch(n)` is called after each
+    likely tokens and the `top_p` nucleus when given (`model.sampling`). `batch_size` bounds how many
+    prompts decode together (similar lengths are grouped to save padding); `seed` makes sampling
+    reproducible. `on_batch(n)` is called after each
     batch with the number of prompts it finished (a progress bar). `on_token({prompt index: token})` is
     called after each decoding step with the new token of every row still running (streaming); the
     indices it returns stop those rows there (a stop string was seen, a client went away).
 
-    `max_new_tokens`, `temperature`, `top_k` and `seed` may also be given per prompt (a sequence): a
-    per-prompt seed samples that row from its own generator, so its tokens do not depend on its batch.
+    `max_new_tokens`, `temperature`, `top_k`, `top_p` and `seed` may also be given per prompt (a
+    sequence): a per-prompt seed samples that row from its own generator, so its tokens do not depend on
+    its batch.
     """
     rows = [list(map(int, p)) for p in (prompts.tolist() if isinstance(prompts, torch.Tensor) else prompts)]
     if any(len(r) == 0 for r in rows):
@@ -73,6 +78,7 @@ def generate(
         _per_row(max_new_tokens, len(rows), "max_new_tokens"),
         _per_row(temperature, len(rows), "temperature"),
         _per_row(top_k, len(rows), "top_k"),
+        _per_row(top_p, len(rows), "top_p"),
         _generators(seed, len(rows), device),
     )
     if any(limit < 0 for limit in settings.limits):
@@ -203,14 +209,21 @@ def _padded_causal_mask(valid: torch.Tensor) -> torch.Tensor:
 
 
 class Sampler:
-    """Picks each row's next token with its own temperature, top-k and generator."""
+    """Picks each row's next token with its own temperature, top-k, top-p and generator."""
 
     def __init__(self, settings: RowSettings, device: torch.device) -> None:
         self.temperatures = torch.tensor(settings.temperatures, dtype=torch.float, device=device)
         self.sampled = [t > 0.0 for t in settings.temperatures]
-        ks = [k for k in settings.top_ks if k is not None]
+        ks, ps = settings.top_ks, settings.top_ps
         self.top_ks = (
-            torch.tensor([2**62 if k is None else k for k in settings.top_ks], device=device) if ks else None
+            torch.tensor([2**62 if k is None else k for k in ks], device=device)
+            if any(k is not None for k in ks)
+            else None
+        )
+        self.top_ps = (
+            torch.tensor([1.0 if p is None else p for p in ps], device=device)
+            if any(p is not None for p in ps)
+            else None
         )
         groups: dict[int, tuple[torch.Generator | None, list[int]]] = {}
         for row, generator in enumerate(settings.generators):
@@ -218,21 +231,15 @@ class Sampler:
         self.groups = list(groups.values())
 
     def pick(self, logits: torch.Tensor) -> torch.Tensor:
-        """Next token per row of (B, V) `logits`: argmax at temperature 0, else a (top-k) softmax sample."""
+        """Next token per row of (B, V) `logits`: argmax at temperature 0, else a filtered softmax sample."""
         picked = logits.argmax(dim=-1)
         if not any(self.sampled):
             return picked
-        if self.top_ks is not None:
-            ks = self.top_ks.clamp(max=logits.shape[-1])
-            top = torch.topk(logits, int(ks.max()), dim=-1).values  # (B, k_max), descending
-            logits = logits.masked_fill(logits < top.gather(1, ks[:, None] - 1), float("-inf"))
-        temperatures = torch.where(self.temperatures > 0, self.temperatures, 1.0)
-        probs = torch.softmax(logits / temperatures[:, None], dim=-1)
+        probs = torch.softmax(filter_logits(logits, self.temperatures, self.top_ks, self.top_ps), dim=-1)
         for generator, group in self.groups:
             rows = [r for r in group if self.sampled[r]]
             if rows:
-                drawn = torch.multinomial(probs[rows], num_samples=1, generator=generator)
-                picked[rows] = drawn.squeeze(1)
+                picked[rows] = draw(probs[rows], generator)
         return picked
 
 

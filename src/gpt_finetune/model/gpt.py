@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gpt_finetune.model import generation, weights
 from gpt_finetune.model.config import GPTConfig
-from gpt_finetune.model.kv_cache import KVCache
+from gpt_finetune.model.kv_cache import Cache, KVCache
 
 
 class CausalSelfAttention(nn.Module):
@@ -33,7 +33,7 @@ class CausalSelfAttention(nn.Module):
         self,
         x: torch.Tensor,
         attn_mask: torch.Tensor | None,
-        cache: KVCache | None,
+        cache: Cache | None,
         layer: int,
     ) -> torch.Tensor:
         B, T, C = x.shape
@@ -72,7 +72,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: KVCache | None, layer: int
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: Cache | None, layer: int
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
         return x + self.mlp(self.ln_2(x))
@@ -138,11 +138,13 @@ class GPT(nn.Module):
         *,
         position_ids: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
         """Final-norm hidden states (B, T, emb_dim); the mask is boolean, True where attention is allowed."""
         T = input_ids.shape[1]
         if position_ids is None:
+            if cache is not None and not isinstance(cache, KVCache):
+                raise ValueError("a step over a SlotCache needs position_ids (SlotCache.step gives them)")
             start = cache.length if cache is not None else 0
             if start + T > self.config.context_length:
                 raise ValueError(

@@ -1,145 +1,123 @@
-"""One worker thread owns the model and decodes the waiting requests together, one batch at a time.
+"""One worker thread owns the model and decodes every running answer together, one token per step.
 
-Requests are queued as jobs. Whenever the worker is free it takes up to `max_batch_size` waiting jobs
-(oldest first, skipping those whose prompt + token limit would push the batch past the context window)
-and decodes them in one `generate` call, each row with its own sampling settings. A job that arrives
-mid-decode waits for the next batch: rows of one batch share a KV cache laid out for that batch.
-Text reaches a streaming job's asyncio queue as it is produced; a job cancelled by its client (or a
-shutdown) has its row stopped at the next step.
+Continuous batching. Each request becomes a job of one or more rows (answers). At every step the worker
+drops the rows that finished, failed or lost their client, admits waiting rows into the free places (up
+to `max_batch_size` rows), encodes the newcomers' prompts together in one forward pass (their first
+token comes from it), then runs one decoding step for all running rows: old and new, of any length.
+
+KV-cache layout (`model.kv_cache.SlotCache`): one slot per place in the batch, (layers, slots, heads,
+positions, head size), each slot with its own length. Row i of a step is slot i; rows are kept packed
+in slots `[0, B)` (a row that leaves is replaced by the last one, its cached keys copied). A step feeds
+each row its newest token at its own position, writes the key/value at that row's length, and attends
+over the longest row's span with each row masked to its own tokens, so a row decodes as it would alone:
+its greedy text does not depend on who else is in the batch or when it joined. A newcomer's prompt is
+encoded with a `KVCache` of its own (right-padded, causal) and copied into its slot.
+
+Isolation: picking a row's token (penalties, bias, sampling, log-probs, text) runs per row, so a row that
+raises fails only its own request; a failed forward pass fails the rows in it and the worker goes on.
+`continuous=False` keeps the older policy (a batch runs until all its rows end before others join),
+which the serving benchmark compares against.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
-from gpt_finetune.model.generation import generate
+from gpt_finetune.model.kv_cache import KVCache, SlotCache
+from gpt_finetune.serving.jobs import Job, Overloaded, QueueTimeout, ServerStopping, WorkerDead
 from gpt_finetune.serving.loading import UsableModel
-from gpt_finetune.serving.streaming import TextStream
+from gpt_finetune.serving.rows import Row, choose, prompt_logprobs
+from gpt_finetune.tokenizer import END_OF_TEXT
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How one request is decoded."""
-
-    max_new_tokens: int
-    temperature: float = 0.0
-    top_k: int | None = None
-    seed: int | None = None
-    stops: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Finished:
-    """The last event of a generation job: all its text, why it ended, how many tokens it took."""
-
-    text: str
-    finish_reason: Literal["stop", "length"]
-    completion_tokens: int
-
-
-class ServerStopping(Exception):
-    """The server shut down before the job finished."""
-
-
-Event = str | Finished | torch.Tensor | BaseException
-
-
-@dataclass(eq=False)
-class Job:
-    """A generation request (`prompt`) or a classification request (`texts`), and its event queue.
-
-    The worker thread delivers events to `loop`: text pieces when `stream`, then a `Finished`
-    (generation), a (N, classes) probability tensor (classification), or an exception.
-    """
-
-    loop: asyncio.AbstractEventLoop
-    prompt: list[int] = field(default_factory=list)
-    sampling: Sampling = field(default_factory=lambda: Sampling(0))
-    texts: list[str] = field(default_factory=list)
-    stream: bool = False
-    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
-    cancelled: bool = False
-
-    def emit(self, event: Event) -> None:
-        """Deliver `event` from the worker thread (dropped when the loop has closed)."""
-        with suppress(RuntimeError):  # the event loop is closed: nobody is waiting
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-
-    async def results(self) -> AsyncIterator[Event]:
-        """The job's events up to its last; leaving early (a client went away) cancels the job."""
-        try:
-            while True:
-                event = await self.events.get()
-                if isinstance(event, BaseException):
-                    raise event
-                yield event
-                if not isinstance(event, str):
-                    return
-        finally:
-            self.cancelled = True  # a no-op once finished; otherwise the worker stops the row
-
-
 class Batcher:
-    """The worker thread that owns `usable` and decodes queued jobs in batches of `max_batch_size`."""
+    """The worker thread that owns `usable` and decodes up to `max_batch_size` rows at every step."""
 
-    def __init__(self, usable: UsableModel, max_batch_size: int, gather_s: float = 0.0) -> None:
-        self.usable = usable
+    def __init__(
+        self,
+        usable: UsableModel,
+        max_batch_size: int,
+        gather_s: float = 0.0,
+        *,
+        max_waiting: int | None = None,
+        queue_timeout_s: float | None = None,
+        continuous: bool = True,
+    ) -> None:
+        self.usable, self.gpt = usable, usable.gpt
         self.max_batch_size = max_batch_size
-        self.gather_s = gather_s  # an idle worker waits this long for more jobs before a short batch
-        self.context = usable.gpt.config.context_length
-        self.largest_batch = 0  # the most jobs decoded together so far
-        self.batches = 0
+        self.gather_s = gather_s  # an idle worker waits this long for more rows before it starts
+        self.max_waiting = max_waiting  # queued requests past this are refused (429)
+        self.queue_timeout_s = queue_timeout_s  # a request not started by then fails (503)
+        self.continuous = continuous
+        config = usable.gpt.config
+        self.vocab_size, self.context = config.vocab_size, config.context_length
+        self.rows: list[Row] = []  # the running rows; row i in cache slot i
+        self.cache: SlotCache | None = None
+        self.batches = 0  # admissions: groups of rows whose prompts were encoded together
+        self.largest_batch = 0  # the most rows in one forward pass
+        self.steps = 0  # decoding steps
+        self.joined_running = 0  # rows admitted while other rows were decoding
         self.finished_jobs = 0
-        self.cancelled_rows = 0  # rows stopped because their client went away
-        self.running: list[Job] = []  # the batch being decoded
+        self.cancelled_rows = 0  # rows dropped because their client went away
+        self.died: BaseException | None = None
         self._waiting: deque[Job] = deque()
+        self._admitted: dict[Job, int] = {}  # jobs partly admitted: how many rows so far
         self._condition = threading.Condition()
         self._paused = False
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="gpt-finetune-batcher", daemon=True)
 
+    @property
+    def running(self) -> list[Job]:
+        """The jobs with a row in the batch, in slot order."""
+        return list(dict.fromkeys(row.job for row in self.rows))
+
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping and self.died is None
+
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the running batch at its next step, fail the waiting jobs, and join the worker."""
+        """Fail the waiting jobs, stop the running rows at the next step, and join the worker."""
         with self._condition:
             self._stopping = True
             left, self._waiting = list(self._waiting), deque()
             self._condition.notify_all()
         for job in left:
-            job.emit(ServerStopping("the server is shutting down"))
+            job.fail(ServerStopping("the server is shutting down"))
         if self._thread.is_alive():
             self._thread.join(timeout)
 
     def submit(self, job: Job) -> None:
-        """Queue `job` for the next batch."""
+        """Queue `job`; refused when the server stops, the worker is dead or `max_waiting` jobs wait."""
         with self._condition:
             if self._stopping:
                 raise ServerStopping("the server is shutting down")
+            if not self.alive():
+                raise WorkerDead("the batching worker is not running; see the server's log")
+            if self.max_waiting is not None and len(self._waiting) >= self.max_waiting:
+                raise Overloaded(f"{len(self._waiting)} requests are waiting (max_waiting); retry shortly")
             self._waiting.append(job)
             self._condition.notify()
 
     def waiting(self) -> int:
-        """How many jobs are queued (not yet in a batch)."""
+        """How many jobs are queued (not yet wholly admitted)."""
         with self._condition:
             return len(self._waiting)
 
     @contextmanager
     def paused(self) -> Iterator[None]:
-        """Start no new batch while inside (jobs queue up); the running batch goes on."""
+        """Admit no new rows while inside (jobs queue up); the running rows go on."""
         with self._condition:
             self._paused = True
         try:
@@ -150,101 +128,218 @@ class Batcher:
                 self._condition.notify()
 
     def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                self._loop()
+        except BaseException as error:  # a bug in the loop itself: say so everywhere, never hang
+            log.exception("the batching worker died")
+            self.died = error
+            with self._condition:
+                left, self._waiting = list(self._waiting), deque()
+            dead = WorkerDead(f"the batching worker died ({type(error).__name__}); see the server's log")
+            for job in left + self.running:
+                job.fail(dead)
+        finally:
+            for job in self.running:
+                job.fail(ServerStopping("the server is shutting down"))
+            self.rows, self.cache = [], None
+
+    def _loop(self) -> None:
         while True:
             with self._condition:
-                while not self._stopping and (self._paused or not self._waiting):
+                while not self._stopping and not self.rows and (self._paused or not self._waiting):
                     self._condition.wait()
-                self._gather()
+                if not self.rows:
+                    self._gather()
                 if self._stopping:
                     return
-                jobs = self._take()
-            if not jobs:
-                continue
-            self.batches += 1
-            self.largest_batch = max(self.largest_batch, len(jobs))
-            self.running = jobs
-            try:
-                if jobs[0].texts:
-                    self._classify(jobs)
+                self._expire()
+                if self.usable.kind == "classify":
+                    jobs = [] if self._paused else self._take_jobs()
                 else:
-                    self._decode(jobs)
-            except Exception as error:  # the model failed (out of memory...): fail this batch, go on
-                log.exception("batch of %d failed", len(jobs))
-                for job in jobs:
-                    job.emit(error)
-            self.running = []
-            self.finished_jobs += len(jobs)
+                    admitted = [] if self._paused else self._admit()
+            if self.usable.kind == "classify":
+                self._classify(jobs)
+                continue
+            if admitted:
+                self._prefill(admitted)
+            if self.rows:
+                self._step()
+            if not self.rows:
+                self.cache = None  # idle: give the memory back
 
     def _gather(self) -> None:
-        """Wait up to `gather_s` while fewer than `max_batch_size` jobs wait (a burst of requests whose
-        first would otherwise start a batch alone); call with the condition held."""
+        """Wait up to `gather_s` while fewer than `max_batch_size` rows wait (a burst of requests whose
+        first would otherwise start alone); call with the condition held."""
         deadline = time.monotonic() + self.gather_s
-        while not self._stopping and not self._paused and len(self._waiting) < self.max_batch_size:
+        while not self._stopping and not self._paused and self._waiting_rows() < self.max_batch_size:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             self._condition.wait(left)
 
-    def _take(self) -> list[Job]:
-        """Up to `max_batch_size` waiting jobs of one kind, oldest first, that fit the context together."""
-        jobs: list[Job] = []
-        width = limit = 0
+    def _waiting_rows(self) -> int:
+        return sum(job.rows - self._admitted.get(job, 0) for job in self._waiting)
+
+    def _expire(self) -> None:
+        """Drop queued jobs whose client left, and fail those that waited past `queue_timeout_s`."""
+        now = time.monotonic()
         for job in list(self._waiting):
-            if len(jobs) == self.max_batch_size:
-                break
-            if job.cancelled:
+            timed_out = self.queue_timeout_s is not None and now - job.submitted > self.queue_timeout_s
+            if job.cancelled or job.failed or (timed_out and not job.started):
                 self._waiting.remove(job)
-                continue
-            if jobs and bool(job.texts) != bool(jobs[0].texts):
-                continue
-            wider, longer = max(width, len(job.prompt)), max(limit, job.sampling.max_new_tokens)
-            if jobs and not job.texts and wider + longer > self.context:
-                continue  # decoded together the batch would outgrow the KV cache: next batch
-            width, limit = wider, longer
-            jobs.append(job)
-            self._waiting.remove(job)
+                if self._admitted.pop(job, None) is not None and not self._has_rows(job):
+                    self.finished_jobs += 1
+                if timed_out and not job.started:
+                    wait = f"{self.queue_timeout_s:g}"
+                    job.fail(QueueTimeout(f"the request waited over {wait} s for a place (queue_timeout_s)"))
+
+    def _admit(self) -> list[Row]:
+        """Waiting rows for the free places, oldest job first (a big job may be admitted in parts)."""
+        if not self.continuous and self.rows:
+            return []
+        free = self.max_batch_size - len(self.rows)
+        rows: list[Row] = []
+        while free > 0 and self._waiting:
+            job = self._waiting[0]
+            start = self._admitted.get(job, 0)
+            take = min(free, job.rows - start)
+            device = self.usable.device
+            rows += [Row(job, i, device, self.vocab_size) for i in range(start, start + take)]
+            job.started, free = True, free - take
+            if start + take == job.rows:
+                self._waiting.popleft()
+                self._admitted.pop(job, None)
+            else:
+                self._admitted[job] = start + take
+        return rows
+
+    def _take_jobs(self) -> list[Job]:
+        """Up to `max_batch_size` waiting classification jobs, oldest first."""
+        jobs: list[Job] = []
+        while self._waiting and len(jobs) < self.max_batch_size:
+            jobs.append(self._waiting.popleft())
         return jobs
 
-    def _decode(self, jobs: list[Job]) -> None:
-        """Generate for every job in one batch; stream text; stop rows that end or lose their client."""
-        streams = [TextStream(job.sampling.stops) for job in jobs]
-
-        def on_token(new: dict[int, int]) -> Iterable[int]:
-            stop = []
-            for i, token in new.items():
-                text = streams[i].feed(token)
-                if text and jobs[i].stream:
-                    jobs[i].emit(text)
-                if jobs[i].cancelled and not streams[i].done:
-                    self.cancelled_rows += 1
-                    stop.append(i)
-                elif streams[i].done or self._stopping:
-                    stop.append(i)
-            return stop
-
-        outputs = generate(
-            self.usable.gpt,
-            [job.prompt for job in jobs],
-            max_new_tokens=[job.sampling.max_new_tokens for job in jobs],
-            temperature=[job.sampling.temperature for job in jobs],
-            top_k=[job.sampling.top_k for job in jobs],
-            seed=[job.sampling.seed for job in jobs],
-            on_token=on_token,
-        )
-        for job, stream, tokens in zip(jobs, streams, outputs, strict=True):
-            if self._stopping and not stream.done:
-                job.emit(ServerStopping("the server is shutting down"))
+    def _prefill(self, rows: list[Row]) -> None:
+        """Encode the newcomers' prompts together, put them in free slots and pick their first tokens."""
+        self.batches += 1
+        self.joined_running += len(rows) if self.rows else 0
+        try:
+            logits, encoded = self._encode(rows)
+        except Exception as error:
+            if len(rows) > 1:  # find the row at fault: each alone
+                for row in rows:
+                    self._prefill([row])
+                return
+            log.exception("encoding a prompt failed")
+            rows[0].job.fail(error)
+            self._settle(rows)
+            return
+        if self.cache is None:
+            head_dim = self.gpt.config.emb_dim // self.gpt.config.n_heads
+            dtype = next(self.gpt.parameters()).dtype
+            self.cache = SlotCache(
+                self.gpt.config.n_layers, self.max_batch_size, self.gpt.config.n_heads, head_dim,
+                max_capacity=self.context, device=self.usable.device, dtype=dtype,
+            )  # fmt: skip
+        placed = []
+        for i, row in enumerate(rows):
+            if row.sampling.max_new_tokens == 0:  # an echo of the prompt only
+                row.finish()
                 continue
-            rest = stream.finish()
-            if rest and job.stream:
-                job.emit(rest)
-            reason: Literal["stop", "length"] = "stop" if stream.stopped_by == "stop" else "length"
-            job.emit(Finished(stream.text, reason, len(tokens)))
+            self.cache.reserve(len(row.prompt))
+            self.cache.store(len(self.rows), encoded, i, len(row.prompt))
+            self.rows.append(row)
+            placed.append(i)
+        if placed:
+            self.largest_batch = max(self.largest_batch, len(placed))
+            choose(logits[placed], self.rows[-len(placed) :])
+        self._settle(rows)
+
+    def _encode(self, rows: list[Row]) -> tuple[torch.Tensor, KVCache]:
+        """The rows' prompts in one forward pass (right-padded, causal): each row's next-token logits
+        (k, V), and the keys/values of every position; prompt log-probs for the rows that echo them."""
+        config, device = self.gpt.config, self.usable.device
+        lengths = [len(row.prompt) for row in rows]
+        tokens = torch.full((len(rows), max(lengths)), END_OF_TEXT, dtype=torch.long)
+        for i, row in enumerate(rows):
+            tokens[i, : lengths[i]] = torch.tensor(row.prompt)
+        encoded = KVCache(
+            config.n_layers, len(rows), config.n_heads, max(lengths), config.emb_dim // config.n_heads,
+            device=device, dtype=next(self.gpt.parameters()).dtype,
+        )  # fmt: skip
+        hidden = self.gpt.hidden_states(tokens.to(device), cache=encoded)  # (k, T, C)
+        last = hidden[torch.arange(len(rows), device=device), torch.tensor(lengths, device=device) - 1]
+        for i, row in enumerate(rows):
+            if row.sampling.prompt_logprobs:
+                head = self.gpt.lm_head(hidden[i, : lengths[i] - 1])
+                row.prompt_logprobs = prompt_logprobs(head, row.prompt, row.sampling.logprobs or 0)
+        return self.gpt.lm_head(last).float(), encoded
+
+    def _step(self) -> None:
+        """One decoding step for every running row: feed its newest token, pick the next."""
+        self._drop_left()
+        if not self.rows:
+            return
+        assert self.cache is not None
+        B = len(self.rows)
+        self.steps += 1
+        self.largest_batch = max(self.largest_batch, B)
+        device = self.usable.device
+        tokens = torch.tensor([[row.last] for row in self.rows], device=device)
+        positions, mask = self.cache.step(B)
+        try:
+            hidden = self.gpt.hidden_states(tokens, position_ids=positions, attn_mask=mask, cache=self.cache)
+            logits = self.gpt.lm_head(hidden[:, -1]).float()  # (B, V)
+        except Exception as error:  # out of memory...: fail these rows, keep serving
+            log.exception("a decoding step of %d rows failed", B)
+            for row in self.rows:
+                row.job.fail(error)
+            self._drop_left()
+            return
+        choose(logits, self.rows)
+        self._drop_left()
+
+    def _drop_left(self) -> None:
+        """Take out the rows that ended or whose job failed or lost its client; keep the rest packed."""
+        for row in self.rows:
+            if not row.done and (row.job.cancelled or row.job.failed):
+                row.done = True
+                self.cancelled_rows += not row.job.failed
+        if not any(row.done for row in self.rows):
+            return
+        left = [row for row in self.rows if row.done]
+        kept = len(self.rows) - len(left)
+        holes = [i for i in range(kept) if self.rows[i].done]
+        movers = [i for i in range(kept, len(self.rows)) if not self.rows[i].done]
+        assert self.cache is not None
+        for hole, source in zip(holes, movers, strict=True):
+            self.cache.move(source, hole)
+            self.rows[hole] = self.rows[source]
+        del self.rows[kept:]
+        self._settle(left)
+
+    def _settle(self, rows: list[Row]) -> None:
+        """Count the jobs of `rows` that have nothing left running or waiting."""
+        with self._condition:
+            for job in dict.fromkeys(row.job for row in rows):
+                if job not in self._waiting and not self._has_rows(job):
+                    self.finished_jobs += 1
+
+    def _has_rows(self, job: Job) -> bool:
+        return any(row.job is job for row in self.rows)
 
     def _classify(self, jobs: list[Job]) -> None:
         """Class probabilities for each job's texts (one `predict_proba` call per job)."""
         classifier = self.usable.classifier
         assert classifier is not None  # classification jobs are only accepted for classification models
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(jobs))
         for job in jobs:
-            with torch.no_grad():
+            try:
                 job.emit(classifier.predict_proba(job.texts))
+            except Exception as error:
+                log.exception("classification failed")
+                job.fail(error)
+            self.finished_jobs += 1

@@ -16,6 +16,7 @@ from gpt_finetune.data.conversation_prompts import (
     render_conversation,
     render_messages,
 )
+from gpt_finetune.data.prompts import prompt_style
 
 __all__ = [
     "END_OF_TURN",
@@ -27,7 +28,17 @@ __all__ = [
     "render_conversation",
     "render_messages",
     "stop_prefix_held",
+    "stop_strings",
 ]
+
+
+def stop_strings(style: str) -> list[str]:
+    """Where an answer ends in `style`: the first and last lines of a user turn's opening (alpaca's
+    preamble line and `### Instruction:`), the text a model writes when it starts the next turn itself.
+    chat.py, the server's chat completions and the exported Modelfile's `PARAMETER stop` all use these."""
+    opening = prompt_style(style)("\0", "").split("\0")[0]
+    lines = [line.strip() for line in opening.splitlines() if line.strip()]
+    return list(dict.fromkeys([lines[0], lines[-1]])) if lines else []
 
 
 def cut_at_stop(text: str, stops: Iterable[str]) -> tuple[str, bool]:

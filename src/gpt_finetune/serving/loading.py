@@ -144,6 +144,24 @@ def load_model(
     return used
 
 
+DECODE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def check_decode_dtype(dtype: str) -> None:
+    """A one-line error unless `dtype` names a decoding dtype (chat.py and serve.py `dtype=`)."""
+    if dtype not in DECODE_DTYPES:
+        raise UserError(f"dtype={dtype}: use {' or '.join(DECODE_DTYPES)}")
+
+
+def cast_for_decoding(usable: UsableModel, dtype: str) -> None:
+    """Answer with the weights in `dtype`: bf16 halves the bytes a decoding step reads (faster where the
+    hardware has bf16 arithmetic); greedy text drifts from fp32's after some tokens (the generation
+    benchmark measures it). Classifiers stay in fp32."""
+    check_decode_dtype(dtype)
+    if dtype != "fp32" and usable.kind == "instruct":
+        usable.gpt.to(DECODE_DTYPES[dtype])
+
+
 def load_configured(cfg: DictConfig, device: str | None = None, merge: bool = True) -> UsableModel:
     """`load_model` with the keys chat.py, serve.py and export.py share: run_dir, ckpt_path, model,
     prompt_style, base_weights and device (`device` overrides the config's)."""

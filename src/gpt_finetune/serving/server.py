@@ -1,6 +1,8 @@
 """The FastAPI app: OpenAI-compatible endpoints over one batching worker, a web page at `/`.
 
 Every failure a client can cause is answered as a 4xx in OpenAI's error shape and leaves the server up.
+Admission: past `max_waiting` queued requests a 429 with `Retry-After`; a request not started within
+`queue_timeout_s` a 503; a dead worker a 503 (and `/health` says 503 too).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gpt_finetune.errors import UserError
 from gpt_finetune.serving.api_types import ApiError, error_body
-from gpt_finetune.serving.batching import Batcher, ServerStopping
+from gpt_finetune.serving.batching import Batcher
 from gpt_finetune.serving.endpoints import ServerSettings, add_endpoints
+from gpt_finetune.serving.jobs import Overloaded, QueueTimeout, ServerStopping, WorkerDead
 from gpt_finetune.serving.loading import UsableModel
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,14 @@ DRAINED = 16  # an oversized body is read (and dropped) up to this many times th
 
 def create_app(usable: UsableModel, settings: ServerSettings) -> FastAPI:
     """The app serving `usable`; its batching worker runs while the app's lifespan does."""
-    batcher = Batcher(usable, settings.max_batch_size, settings.batch_wait_ms / 1000)
+    batcher = Batcher(
+        usable,
+        settings.max_batch_size,
+        settings.batch_wait_ms / 1000,
+        max_waiting=settings.max_waiting,
+        queue_timeout_s=settings.queue_timeout_s,
+        continuous=settings.continuous,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,27 +66,38 @@ def create_app(usable: UsableModel, settings: ServerSettings) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(web_page(usable, auth=settings.api_key is not None))
+        return HTMLResponse(web_page(usable, settings))
 
     @app.get("/health")
-    async def health() -> dict[str, object]:
-        return {
-            "status": "ok",
+    async def health() -> JSONResponse:
+        facts = {
+            "status": "ok" if batcher.alive() else "unavailable",
             "model": usable.name,
             "kind": usable.kind,
-            "batches": batcher.batches,
-            "largest_batch": batcher.largest_batch,
+            "running": len(batcher.rows),
             "waiting": batcher.waiting(),
+            "batches": batcher.batches,
+            "steps": batcher.steps,
+            "largest_batch": batcher.largest_batch,
         }
+        return JSONResponse(facts, status_code=200 if batcher.alive() else 503)
 
     add_endpoints(app, usable, batcher, settings, Depends(api_key_check(settings.api_key)))
     return app
 
 
-def web_page(usable: UsableModel, auth: bool) -> str:
-    """`page.html` with the model's id, kind and labels injected (JSON, safe inside <script>)."""
+def web_page(usable: UsableModel, settings: ServerSettings) -> str:
+    """`page.html` with the model's id, kind, labels, context and answer length injected (JSON, safe
+    inside <script>)."""
     page = resources.files("gpt_finetune.serving").joinpath("page.html").read_text(encoding="utf-8")
-    facts = {"model": usable.name, "kind": usable.kind, "labels": usable.labels, "auth": auth}
+    facts = {
+        "model": usable.name,
+        "kind": usable.kind,
+        "labels": usable.labels,
+        "auth": settings.api_key is not None,
+        "context": usable.gpt.config.context_length,
+        "max_new_tokens": settings.max_new_tokens,
+    }
     injected = json.dumps(facts).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return page.replace("/*SERVER_FACTS*/null", injected)
 
@@ -114,6 +135,20 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServerStopping)
     async def stopping(request: Request, error: ServerStopping) -> JSONResponse:
         return JSONResponse(error_body(str(error), "server_error", code="shutting_down"), status_code=503)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, error: Overloaded) -> JSONResponse:
+        body = error_body(str(error), "server_error", code="overloaded")
+        return JSONResponse(body, status_code=429, headers={"Retry-After": "1"})
+
+    @app.exception_handler(QueueTimeout)
+    async def queue_timeout(request: Request, error: QueueTimeout) -> JSONResponse:
+        body = error_body(str(error), "server_error", code="queue_timeout")
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(WorkerDead)
+    async def worker_dead(request: Request, error: WorkerDead) -> JSONResponse:
+        return JSONResponse(error_body(str(error), "server_error", code="worker_dead"), status_code=503)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -207,9 +242,12 @@ def url_of(sock: socket.socket) -> str:
 @contextmanager
 def background_server(app: FastAPI, host: str = "127.0.0.1", timeout: float = 60.0) -> Iterator[str]:
     """`app` served by uvicorn in a thread on a free port of `host` until the block ends; yields the URL
-    (no trailing slash). For tests and benchmarks; `serve.py` runs uvicorn in the main thread."""
+    (no trailing slash). For tests and benchmarks; `serve.py` runs uvicorn in the main thread. The host
+    process's logging is left as it is (`log_config=None`): uvicorn's own setup would close the handlers
+    already installed, and with them the streams they write to."""
     sock = bind(host, 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, log_config=None)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
