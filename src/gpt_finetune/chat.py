@@ -24,6 +24,7 @@ from gpt_finetune.errors import UserError, run_command
 from gpt_finetune.model.sampling import sampling_problems
 from gpt_finetune.serving.conversation import prompt_tokens, stop_strings
 from gpt_finetune.serving.loading import UsableModel, cast_for_decoding, check_decode_dtype, load_configured
+from gpt_finetune.serving.prompt_interrupt import interruptible_prompt
 from gpt_finetune.serving.streaming import TextStream
 from gpt_finetune.tokenizer import gpt2_tokenizer
 
@@ -230,13 +231,14 @@ def read_lines(interactive: bool) -> Iterator[str]:
     """The lines typed (with line editing and history on a terminal), until end of input."""
     if interactive:
         import readline  # noqa: F401  (input() edits lines and keeps history once it is loaded)
-    while True:
-        try:
-            yield input(PROMPT if interactive else "")
-        except EOFError:
-            if interactive:
-                print()  # the shell prompt starts on its own line
-            return
+    with interruptible_prompt():  # Ctrl-C at the prompt leaves even when a library thread takes SIGINT
+        while True:
+            try:
+                yield input(PROMPT if interactive else "")
+            except EOFError:
+                if interactive:
+                    print()  # the shell prompt starts on its own line
+                return
 
 
 def converse(model: UsableModel, chat: Conversation | None, interactive: bool) -> None:

@@ -152,9 +152,11 @@ class Terminal:
                 assert data, f"exited (rc={self.process.poll()}) before showing {text!r}: {self.text!r}"
                 self.shown += data
 
-    def exit_code(self) -> int:
-        """Wait for the command to end, reading what it shows meanwhile."""
+    def exit_code(self, timeout: float = 120) -> int:
+        """Wait for the command to end, reading what it shows meanwhile; fail after `timeout` s."""
+        deadline = time.monotonic() + timeout
         while True:
+            assert time.monotonic() < deadline, f"still running after {timeout} s: {self.text!r}"
             if not select.select([self.master], [], [], 1.0)[0]:
                 if self.process.poll() is not None:
                     return self.process.returncode
