@@ -47,6 +47,7 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_dpo_run_from_an_instruction_run(
     tmp_path: Path, run_train, quickstart_run: Path, pairs: Path
 ) -> None:
@@ -179,6 +180,7 @@ def test_ddp_dpo_matches_one_process_on_an_uneven_split(
             assert abs(a - b) <= 1e-4, name
 
 
+@pytest.mark.slow
 def test_bf16_with_clipping_starts_at_ln2_and_trains(
     tmp_path: Path, run_train, quickstart_run: Path, pairs: Path
 ) -> None:
