@@ -20,6 +20,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from session_builds import built_once
 
 from gpt_finetune.config import register_resolvers
 from gpt_finetune.model import GPT, GPTConfig
@@ -93,26 +94,30 @@ def shared_data() -> Callable[[str], Path]:
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished short quickstart run, trained once per session (read-only: evaluate a `copy_run`)."""
-    run_dir = tmp_path_factory.mktemp("quickstart") / "run"
-    done = train(*QUICKSTART, f"hydra.run.dir={run_dir}", timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return run_dir
+
+    def build(run_dir: Path) -> None:
+        done = train(*QUICKSTART, f"hydra.run.dir={run_dir}", timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "quickstart-run", build)
 
 
 @pytest.fixture(scope="session")
 def classify_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished short spam-quickstart classification run (last_token pooling), trained once per session."""
-    run_dir = tmp_path_factory.mktemp("classify") / "run"
-    done = train(
-        "experiment=spam-quickstart",
-        "trainer.max_epochs=1",
-        "task.pooling=last_token",
-        "logger=none",
-        f"hydra.run.dir={run_dir}",
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return run_dir
+
+    def build(run_dir: Path) -> None:
+        done = train(
+            "experiment=spam-quickstart",
+            "trainer.max_epochs=1",
+            "task.pooling=last_token",
+            "logger=none",
+            f"hydra.run.dir={run_dir}",
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "classify-run", build)
 
 
 def copy_of_run(run_dir: Path, destination: Path) -> Path:

@@ -9,6 +9,15 @@ from readme_workspace import ReadmeWorkspace
 
 QUICKSTART = ".venv/bin/python train.py experiment=quickstart"  # README's third set-up command
 SPAM_QUICKSTART = "python train.py experiment=spam-quickstart"
+WORKSPACE_FIXTURES = {"readme", "readme_quickstart", "readme_spam_quickstart"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `pytest -n 2`, the tests of README's workspace run on one worker (`--dist loadgroup`): its runs
+    are trained once, and a test that counts the new folders under `outputs/runs/` sees only its own."""
+    for item in items:
+        if WORKSPACE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("readme"))
 
 
 @pytest.fixture(scope="session")

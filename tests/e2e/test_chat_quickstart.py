@@ -25,6 +25,9 @@ SHORT = (
     "generate.max_new_tokens=8",
 )
 
+# Under `pytest -n 2` these tests run on one worker, so that `chat_run` trains once.
+pytestmark = pytest.mark.xdist_group("test_chat_quickstart")
+
 
 @pytest.fixture(scope="module")
 def chat_run(tmp_path_factory: pytest.TempPathFactory, run_train) -> Path:

@@ -3,11 +3,13 @@ mid-epoch, with dropout, length grouping, packing and gradient accumulation, wha
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from session_builds import built_once
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = (
@@ -63,15 +65,17 @@ def outcome(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, run_train) -> dict[tuple[str, ...], Path]:
-    """Uninterrupted runs, one per set of extra overrides, trained when first asked for."""
+    """Uninterrupted runs, one per case's extra overrides, trained once per session when first asked for."""
+
+    def build(run_dir: Path, extra: tuple[str, ...]) -> None:
+        done = run_train(*RUN, *extra, f"hydra.run.dir={run_dir}")
+        assert done.returncode == 0, done.stderr[-3000:]
 
     class Runs(dict):
         def __missing__(self, extra: tuple[str, ...]) -> Path:
-            run_dir = tmp_path_factory.mktemp("whole")
-            done = run_train(*RUN, *extra, f"hydra.run.dir={run_dir}")
-            assert done.returncode == 0, done.stderr[-3000:]
-            self[extra] = run_dir
-            return run_dir
+            name = "whole-" + hashlib.sha1("\n".join(extra).encode()).hexdigest()[:12]
+            self[extra] = built_once(tmp_path_factory, name, lambda run_dir: build(run_dir, extra))
+            return self[extra]
 
     return Runs()
 

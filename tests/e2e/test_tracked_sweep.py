@@ -38,6 +38,10 @@ class Sweep:
     stderr: str
 
 
+# Under `pytest -n 2` these tests run on one worker, so that `sweep` trains once.
+pytestmark = pytest.mark.xdist_group("test_tracked_sweep")
+
+
 @pytest.fixture(scope="module")
 def sweep(run_train, tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     cwd = tmp_path_factory.mktemp("user")

@@ -37,6 +37,10 @@ def shares(responses: list[dict[str, object]]) -> tuple[float, float]:
     return styled / len(responses), content / len(responses)
 
 
+# Under `pytest -n 2` these tests run on one worker, so that `instruction_run` trains once.
+pytestmark = pytest.mark.xdist_group("test_dpo_learns")
+
+
 @pytest.fixture(scope="module")
 def instruction_run(tmp_path_factory: pytest.TempPathFactory, quiet_trainer) -> tuple[Path, Path]:
     """(the instruction-tuned checkpoint, the preference pairs file) of the same 400 records."""
