@@ -12,6 +12,7 @@ SPAM_QUICKSTART = "python train.py experiment=spam-quickstart"
 WORKSPACE_FIXTURES = {"readme", "readme_quickstart", "readme_spam_quickstart"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under `pytest -n 2`, the tests of README's workspace run on one worker (`--dist loadgroup`): its runs
     are trained once, and a test that counts the new folders under `outputs/runs/` sees only its own."""
