@@ -95,29 +95,29 @@ def shared_data() -> Callable[[str], Path]:
 def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished short quickstart run, trained once per session (read-only: evaluate a `copy_run`)."""
 
-    def build(run_dir: Path) -> None:
-        done = train(*QUICKSTART, f"hydra.run.dir={run_dir}", timeout=300)
+    def build(folder: Path) -> None:
+        done = train(*QUICKSTART, f"hydra.run.dir={folder / 'run'}", timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
 
-    return built_once(tmp_path_factory, "quickstart-run", build)
+    return built_once(tmp_path_factory, "quickstart", build) / "run"  # `run`: the ollama name tests expect
 
 
 @pytest.fixture(scope="session")
 def classify_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished short spam-quickstart classification run (last_token pooling), trained once per session."""
 
-    def build(run_dir: Path) -> None:
+    def build(folder: Path) -> None:
         done = train(
             "experiment=spam-quickstart",
             "trainer.max_epochs=1",
             "task.pooling=last_token",
             "logger=none",
-            f"hydra.run.dir={run_dir}",
+            f"hydra.run.dir={folder / 'run'}",
             timeout=300,
         )
         assert done.returncode == 0, done.stderr[-3000:]
 
-    return built_once(tmp_path_factory, "classify-run", build)
+    return built_once(tmp_path_factory, "classify", build) / "run"
 
 
 def copy_of_run(run_dir: Path, destination: Path) -> Path:
