@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from gradient_norms import GradientNorms
 from torch._dynamo.utils import counters
 from torch.utils.data import DataLoader
 
@@ -47,17 +48,6 @@ def assert_base_unchanged(task: L.LightningModule, before: dict[str, torch.Tenso
     assert after.keys() == before.keys() and len(before) > 0
     for name, tensor in before.items():
         assert torch.equal(after[name], tensor), name
-
-
-class GradientNorms(L.Callback):
-    """The total gradient norm each optimizer step used (gradients stay until the next zero_grad)."""
-
-    def __init__(self) -> None:
-        self.norms: list[float] = []
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
-        grads = [p.grad.float() for p in pl_module.parameters() if p.grad is not None]
-        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
 
 
 @pytest.mark.parametrize("clip", [CLIP, None], ids=["clipped", "unclipped"])

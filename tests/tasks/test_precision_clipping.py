@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from gradient_norms import GradientNorms
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils.data import DataLoader
@@ -28,17 +29,6 @@ TINY = {"size": "tiny", "pretrained": False, "context_length": 32}
 # Far below the unclipped gradient norm of a random-init tiny model (about 4 with token-mean gradients):
 # clipping must act at every step.
 CLIP = 0.05
-
-
-class GradientNorms(L.Callback):
-    """The total gradient norm each optimizer step used (gradients stay until the next zero_grad)."""
-
-    def __init__(self) -> None:
-        self.norms: list[float] = []
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
-        grads = [p.grad.float() for p in pl_module.parameters() if p.grad is not None]
-        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
 
 
 def instruction_batches(n: int = 2) -> DataLoader:
