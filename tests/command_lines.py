@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
@@ -144,3 +146,31 @@ def compose_command(command: Command) -> list[tuple[DictConfig, str]]:
             OmegaConf.to_container(job_config, resolve=True, throw_on_missing=False)
             composed.append((job_config, folder))
     return composed
+
+
+def run_in_process(
+    script: str,
+    main: Callable[[DictConfig], object],
+    args: tuple[str, ...],
+    capsys: pytest.CaptureFixture[str],
+) -> subprocess.CompletedProcess[str]:
+    """`python <script>.py ARGS` as a finished process would report it (exit code, stdout, stderr), from
+    the command's `main` on the config `compose_command` composes: the command without a process's start."""
+    [(cfg, _)] = compose_command(Command("in-process", script, args))
+    capsys.readouterr()
+    try:
+        main(cfg)
+        code = 0
+    except SystemExit as stopped:
+        code = stopped.code if isinstance(stopped.code, int) else 1
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess([f"{script}.py", *args], code, out.out, out.err)
+
+
+def train_in_process(*overrides: str) -> None:
+    """`python train.py OVERRIDES`'s run, by the command's `main` in this process (no process start, no
+    Hydra job log or .hydra/ folder: for trained fixtures, not for tests of the command line)."""
+    from gpt_finetune.train import main  # Lightning: only for the tests that train
+
+    [(cfg, _)] = compose_command(Command("fixture", "train", overrides))
+    main(cfg)

@@ -7,6 +7,7 @@ strategies) sit beside this file: `train_interrupts.py`, `ddp_faults.py`, `cpu_f
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from command_lines import run_in_process, train_in_process
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from session_builds import built_once
@@ -85,6 +87,18 @@ def run_train() -> Train:
     return train
 
 
+@pytest.fixture
+def command_in_process(capsys: pytest.CaptureFixture[str]) -> Callable[..., subprocess.CompletedProcess]:
+    """`command_in_process(script, *args)`: what `python <script>.py ARGS` reports (exit code, stdout,
+    stderr), from the command's `main` in this process: for tests of what a command does, not of the process
+    (signals, Hydra's job log and .hydra/ folder, a new interpreter's environment)."""
+
+    def run(script: str, *args: str) -> subprocess.CompletedProcess:
+        return run_in_process(script, importlib.import_module(f"gpt_finetune.{script}").main, args, capsys)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Callable[[str], Path]:
     """`shared_data(name)`: a file of ../shared/data, or skip the test without it."""
@@ -96,8 +110,7 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished short quickstart run, trained once per session (read-only: evaluate a `copy_run`)."""
 
     def build(folder: Path) -> None:
-        done = train(*QUICKSTART, f"hydra.run.dir={folder / 'run'}", timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+        train_in_process(*QUICKSTART, f"hydra.run.dir={folder / 'run'}")
 
     return built_once(tmp_path_factory, "quickstart", build) / "run"  # `run`: the ollama name tests expect
 
@@ -107,15 +120,13 @@ def classify_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished short spam-quickstart classification run (last_token pooling), trained once per session."""
 
     def build(folder: Path) -> None:
-        done = train(
+        train_in_process(
             "experiment=spam-quickstart",
             "trainer.max_epochs=1",
             "task.pooling=last_token",
             "logger=none",
             f"hydra.run.dir={folder / 'run'}",
-            timeout=300,
         )
-        assert done.returncode == 0, done.stderr[-3000:]
 
     return built_once(tmp_path_factory, "classify", build) / "run"
 

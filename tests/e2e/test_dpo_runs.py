@@ -49,10 +49,12 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
 
 @pytest.mark.slow
 def test_dpo_run_from_an_instruction_run(
-    tmp_path: Path, run_train, quickstart_run: Path, pairs: Path
+    tmp_path: Path, command_in_process, quickstart_run: Path, pairs: Path
 ) -> None:
-    run_dir = tmp_path / "dpo"
-    done = run_train(*dpo(pairs, quickstart_run, run_dir, *SHORT, "generate.max_new_tokens=8"))
+    run_dir = tmp_path / "dpo"  # train and evaluate in-process: their command lines are tested elsewhere
+    done = command_in_process(
+        "train", *dpo(pairs, quickstart_run, run_dir, *SHORT, "generate.max_new_tokens=8")
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     # The policy is the instruction run's model and prompt style, no download.
@@ -80,7 +82,7 @@ def test_dpo_run_from_an_instruction_run(
     assert len(responses) == metrics["records"]["test"] == 12
     assert all(r["output"] == r["chosen"] and "reference_response" in r for r in responses)
 
-    evaluated = run_train(f"run_dir={run_dir}", "regenerate=true", script="evaluate.py")
+    evaluated = command_in_process("evaluate", f"run_dir={run_dir}", "regenerate=true")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "Before (starting model)" not in (run_dir / "report.html").read_text()  # regenerated: policy only
     assert json.loads((run_dir / "response_metrics.json").read_text())["records"] == 12

@@ -1,5 +1,6 @@
 """A LoRA run is used as any other: evaluate.py regenerates with it, chat.py answers as its merged model does,
-predict.py classifies with a LoRA classifier's checkpoint."""
+predict.py classifies with a LoRA classifier's checkpoint. The commands run in-process (`command_in_process`):
+what is tested is what they do with a LoRA run; their command lines are tested as processes elsewhere."""
 
 from __future__ import annotations
 
@@ -21,21 +22,23 @@ SHORT = (
 
 
 @pytest.mark.slow
-def test_evaluate_and_chat_use_a_lora_instruction_run(tmp_path: Path, run_train, tiny_base: Path) -> None:
+def test_evaluate_and_chat_use_a_lora_instruction_run(
+    tmp_path: Path, command_in_process, tiny_base: Path
+) -> None:
     run = tmp_path / "run"
-    done = run_train(
-        "experiment=quickstart", *SHORT, "generate.max_new_tokens=4", f"model.weights={tiny_base}",
+    done = command_in_process(
+        "train", "experiment=quickstart", *SHORT, "generate.max_new_tokens=4", f"model.weights={tiny_base}",
         "task.lora.r=4", f"hydra.run.dir={run}",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    evaluated = run_train(
-        f"run_dir={run}", "regenerate=true", "generate.max_new_tokens=4", script="evaluate.py"
+    evaluated = command_in_process(
+        "evaluate", f"run_dir={run}", "regenerate=true", "generate.max_new_tokens=4"
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert json.loads((run / "response_metrics.json").read_text())
 
     prompt = "Name a colour."
-    chat = run_train(f"run_dir={run}", f"prompt={prompt}", "generate.max_new_tokens=6", script="chat.py")
+    chat = command_in_process("chat", f"run_dir={run}", f"prompt={prompt}", "generate.max_new_tokens=6")
     assert chat.returncode == 0, chat.stderr[-3000:]
     used = load_model(run_dir=str(run), device="cpu")
     tokenizer = gpt2_tokenizer()
@@ -48,16 +51,16 @@ def test_evaluate_and_chat_use_a_lora_instruction_run(tmp_path: Path, run_train,
 
 
 @pytest.mark.slow
-def test_predict_uses_a_lora_classifier(tmp_path: Path, run_train, tiny_base: Path) -> None:
+def test_predict_uses_a_lora_classifier(tmp_path: Path, command_in_process, tiny_base: Path) -> None:
     run = tmp_path / "spam"
-    done = run_train(
-        "experiment=spam-quickstart", *SHORT, f"model.weights={tiny_base}", "task.lora.r=4",
+    done = command_in_process(
+        "train", "experiment=spam-quickstart", *SHORT, f"model.weights={tiny_base}", "task.lora.r=4",
         "task.trainable=head", f"hydra.run.dir={run}",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(".lora_" in n or n.startswith("model.lm_head") for n in saved)
-    predicted = run_train(f"run_dir={run}", "text=Free prize! Call now", script="predict.py")
+    predicted = command_in_process("predict", f"run_dir={run}", "text=Free prize! Call now")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     label, probability, text = predicted.stdout.strip().split("\t")
     used = load_model(run_dir=str(run), device="cpu")

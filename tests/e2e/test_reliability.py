@@ -14,6 +14,7 @@ from typing import IO
 import lightning as L
 import pytest
 import torch
+from command_lines import run_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gpt_finetune.callbacks.loss_guard import LossGuard
@@ -21,6 +22,7 @@ from gpt_finetune.config import bundled_path
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule
 from gpt_finetune.errors import UserError
 from gpt_finetune.tasks.instruct import InstructionTuning
+from gpt_finetune.train import main
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = [
@@ -72,16 +74,18 @@ def final_state(run_dir: Path) -> tuple[int, dict[str, torch.Tensor], float]:
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(
-    tmp_path: Path, train, run_train
+    tmp_path: Path, command_in_process
 ) -> None:
-    assert train(tmp_path / "whole").returncode == 0
+    # The killed run is a process; the whole and the resumed runs are the same command in-process.
+    whole = command_in_process("train", *RUN, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
     process = start_and_wait_for_checkpoint(tmp_path / "killed")
     process.kill()  # SIGKILL: no handler runs
     process.wait()
     assert (
         torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
     )
-    resumed = run_train(f"resume={tmp_path / 'killed'}", timeout=600)
+    resumed = command_in_process("train", f"resume={tmp_path / 'killed'}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     step, weights, val_loss = final_state(tmp_path / "whole")
@@ -163,10 +167,11 @@ class PoisonAtStep(L.Callback):
 
 
 def test_a_run_stopping_before_its_first_validation_keeps_one_current_last_checkpoint(
-    tmp_path: Path, train
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Early stopping must not demand val/loss, and Lightning's save_last must not add last-v1.ckpt.
-    done = train(tmp_path / "run", "trainer.max_steps=3", "callbacks.last_checkpoint.every_n_train_steps=50")
+    overrides = ("trainer.max_steps=3", "callbacks.last_checkpoint.every_n_train_steps=50")
+    done = run_in_process("train", main, (*RUN, f"hydra.run.dir={tmp_path / 'run'}", *overrides), capsys)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["last.ckpt"]
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)

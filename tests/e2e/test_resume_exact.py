@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from command_lines import train_in_process
 from session_builds import built_once
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,12 +65,12 @@ def outcome(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory, run_train) -> dict[tuple[str, ...], Path]:
-    """Uninterrupted runs, one per case's extra overrides, trained once per session when first asked for."""
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], Path]:
+    """Uninterrupted runs, one per case's extra overrides, trained once per session when first asked for
+    (in-process: the interrupted run is the process a signal stops)."""
 
     def build(run_dir: Path, extra: tuple[str, ...]) -> None:
-        done = run_train(*RUN, *extra, f"hydra.run.dir={run_dir}")
-        assert done.returncode == 0, done.stderr[-3000:]
+        train_in_process(*RUN, *extra, f"hydra.run.dir={run_dir}")
 
     class Runs(dict):
         def __missing__(self, extra: tuple[str, ...]) -> Path:
@@ -83,7 +84,12 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, run_train) -> dict[t
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_interrupted_run_resumes_to_the_uninterrupted_weights(
-    case: str, tmp_path: Path, uninterrupted: dict[tuple[str, ...], Path], run_train, tiny_base: Path
+    case: str,
+    tmp_path: Path,
+    uninterrupted: dict[tuple[str, ...], Path],
+    run_train,
+    command_in_process,
+    tiny_base: Path,
 ) -> None:
     overrides, epoch, batch, signum, saved_step = CASES[case]
     extra = tuple(override.format(base=tiny_base) for override in overrides)
@@ -97,7 +103,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(
     assert stopped.returncode != 0 and not (tmp_path / "metrics.json").exists()
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == saved_step
 
-    resumed = run_train(f"resume={tmp_path}", "++callbacks.interrupt=null")
+    resumed = command_in_process("train", f"resume={tmp_path}", "++callbacks.interrupt=null")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     weights, metrics = outcome(uninterrupted[extra])

@@ -1,5 +1,8 @@
 """`python chat.py` as a user runs it: on a pseudo-terminal, with lines piped in, and with `prompt=`.
 
+Where the property is the command's, not the process's (a conversation's forgetting, one answer of a
+classifier, the settings' errors), `chat_in_process` runs the command's `main` on the composed config
+instead, with the same stdin, stdout, stderr and exit code: a process costs seconds of imports.
 Expected answers come from `GPT.generate` on the same checkpoint in this process. The tiny quickstart
 model answers greedily with newlines only, so the tests that must tell conversations apart sample with
 a seed (the tokens are still exactly determined).
@@ -8,6 +11,7 @@ a seed (the tokens are still exactly determined).
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import select
 import signal
@@ -20,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from command_lines import run_in_process
 from hydra import compose, initialize_config_dir
 
-from gpt_finetune.chat import PROMPT
+from gpt_finetune.chat import PROMPT, main
 from gpt_finetune.predict import literal_text_argv
 from gpt_finetune.serving.conversation import prompt_tokens, stop_strings
 from gpt_finetune.serving.loading import UsableModel, load_model
@@ -108,6 +113,17 @@ def run_chat(*args: str, input: str | None = None) -> subprocess.CompletedProces
         text=True,
         timeout=300,
     )
+
+
+@pytest.fixture
+def chat_in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`chat_in_process(*args, input=...)`: `run_chat`'s result from chat's `main` in this process."""
+
+    def run(*args: str, input: str = "") -> subprocess.CompletedProcess[str]:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(input))
+        return run_in_process("chat", main, args, capsys)
+
+    return run
 
 
 def take_terminal() -> None:
@@ -292,14 +308,14 @@ def test_piped_lines_are_turns_and_slash_commands_change_settings(
 
 
 def test_a_conversation_that_outgrows_the_context_forgets_its_oldest_turns(
-    model: UsableModel, quickstart_run: Path
+    model: UsableModel, quickstart_run: Path, chat_in_process: Any
 ) -> None:
     context = model.gpt.config.context_length
     long = " ".join(["word"] * (context // 2 + 50))  # two of these do not fit
     first, second = f"{long} A", f"{long} B"
     a1 = expected_answer(model, [user(first)], max_new_tokens=4, **SAMPLED)
     a2 = expected_answer(model, [user(second)], max_new_tokens=4, **SAMPLED)  # the first exchange gone
-    done = run_chat(
+    done = chat_in_process(
         f"run_dir={quickstart_run}", "generate.max_new_tokens=4", "generate.temperature=1", "generate.seed=5",
         input=f"{first}\n{second}\n",
     )  # fmt: skip
@@ -311,9 +327,16 @@ def test_a_conversation_that_outgrows_the_context_forgets_its_oldest_turns(
 TRICKY = 'Say "hi", it\'s ${x}: a=b, 100% \\o/ !'
 
 
-@pytest.mark.parametrize(("system", "settings"), [(None, {}), ("Be brief, ${y}; 'ok'", SAMPLED)])
+@pytest.mark.parametrize(
+    ("system", "settings", "as_a_process"), [(None, {}, False), ("Be brief, ${y}; 'ok'", SAMPLED, True)]
+)
 def test_prompt_answers_once_with_generates_tokens(
-    model: UsableModel, quickstart_run: Path, system: str | None, settings: dict[str, Any]
+    model: UsableModel,
+    quickstart_run: Path,
+    system: str | None,
+    settings: dict[str, Any],
+    as_a_process: bool,
+    chat_in_process: Any,
 ) -> None:
     messages = ([{"role": "system", "content": system}] if system else []) + [user(TRICKY)]
     tokens = answer_tokens(model, messages, max_new_tokens=16, **settings)
@@ -321,7 +344,7 @@ def test_prompt_answers_once_with_generates_tokens(
     args = [f"prompt={TRICKY}", "generate.max_new_tokens=16"]
     args += [f"system={system}"] if system else []
     args += [f"generate.{k}={v}" for k, v in settings.items()]
-    done = run_chat(f"run_dir={quickstart_run}", *args)
+    done = (run_chat if as_a_process else chat_in_process)(f"run_dir={quickstart_run}", *args)
     assert done.returncode == 0, done.stderr
     assert done.stdout == text + "\n"
 
@@ -335,7 +358,7 @@ def test_prompt_and_system_reach_chat_verbatim() -> None:
     assert (cfg.prompt, cfg.system, cfg.run_dir) == (TRICKY, TRICKY + "!", "r")
 
 
-def test_a_classification_run_classifies_each_line(classify_run: Path) -> None:
+def test_a_classification_run_classifies_each_line(classify_run: Path, chat_in_process: Any) -> None:
     texts = ["WINNER!! Claim your free prize now, call 0800", "See you at lunch tomorrow?"]
     used = load_model(run_dir=str(classify_run), device="cpu")
     assert used.classifier is not None
@@ -345,7 +368,7 @@ def test_a_classification_run_classifies_each_line(classify_run: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == lines
     assert "/temperature is for instruction runs" in done.stderr
-    once = run_chat(f"run_dir={classify_run}", f"prompt={texts[1]}")
+    once = chat_in_process(f"run_dir={classify_run}", f"prompt={texts[1]}")
     assert (once.returncode, once.stdout) == (0, lines[1] + "\n"), once.stderr
 
 
@@ -366,8 +389,11 @@ def test_a_classification_run_classifies_each_line(classify_run: Path) -> None:
         ),
     ],
 )
-def test_bad_input_is_one_error_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
-    done = run_chat(*(a.replace("EMPTY", str(tmp_path)) for a in args))
+def test_bad_input_is_one_error_line_and_exit_2(
+    args: list[str], message: str, tmp_path: Path, chat_in_process: Any
+) -> None:
+    as_a_process = args == ["run_dir=/nonexistent/run"]  # the rest in-process: the same `main`
+    done = (run_chat if as_a_process else chat_in_process)(*(a.replace("EMPTY", str(tmp_path)) for a in args))
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr
     assert done.stdout == ""

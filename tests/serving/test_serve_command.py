@@ -1,4 +1,8 @@
-"""`python serve.py` as a user runs it: the URL line, the openai client, SIGTERM / Ctrl-C end it cleanly."""
+"""`python serve.py` as a user runs it: the URL line, the openai client, SIGTERM / Ctrl-C end it cleanly.
+
+The settings' refusals, which come before the server starts, run serve's `main` in this process
+(`run_in_process`: the same exit code and output, without a process's seconds of imports).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,8 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from command_lines import run_in_process
 from openai import OpenAI
 
+from gpt_finetune.serve import main
 from gpt_finetune.serving.conversation import render_messages
 from gpt_finetune.serving.loading import load_model
 from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
@@ -109,23 +116,33 @@ def test_serve_py_answers_the_openai_client_and_stops_cleanly(
 
 
 def test_a_missing_key_variable_is_one_error_line(
-    quickstart_run: Path, serve_process: type[ServeProcess]
+    quickstart_run: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = serve_process(f"run_dir={quickstart_run}", "port=0", "api_key_env=GPTF_NO_SUCH_VARIABLE")
-    assert server.process.wait(timeout=120) == 2
-    server.wait_for(r"^error: api_key_env=GPTF_NO_SUCH_VARIABLE: the environment variable .* is not set")
+    monkeypatch.delenv("GPTF_NO_SUCH_VARIABLE", raising=False)
+    args = (f"run_dir={quickstart_run}", "port=0", "api_key_env=GPTF_NO_SUCH_VARIABLE")
+    done = run_in_process("serve", main, args, capsys)
+    assert done.returncode == 2 and done.stdout == ""
+    assert re.fullmatch(
+        r"error: api_key_env=GPTF_NO_SUCH_VARIABLE: the environment variable .* is not set.*\n", done.stderr
+    )
 
 
-def test_a_taken_port_is_one_error_line(quickstart_run: Path, serve_process: type[ServeProcess]) -> None:
-    first = serve_process(f"run_dir={quickstart_run}", "port=0", "device=cpu")
-    port = first.wait_for(r"127\.0\.0\.1:(\d+)/").group(1)
-    second = serve_process(f"run_dir={quickstart_run}", f"port={port}", "device=cpu")
-    assert second.process.wait(timeout=120) == 2
-    second.wait_for(rf"^error: cannot listen on 127\.0\.0\.1:{port} .*pass another port=N")
+def test_a_taken_port_is_one_error_line(quickstart_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:  # as another server holds it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_in_process(
+            "serve", main, (f"run_dir={quickstart_run}", f"port={port}", "device=cpu"), capsys
+        )
+    assert done.returncode == 2 and done.stdout == ""
+    assert re.fullmatch(
+        rf"error: cannot listen on 127\.0\.0\.1:{port} .*pass another port=N.*\n", done.stderr
+    )
 
 
-def test_bad_request_defaults_are_one_error_line_before_loading(serve_process: type[ServeProcess]) -> None:
-    server = serve_process(
+def test_bad_request_defaults_are_one_error_line_before_loading(capsys: pytest.CaptureFixture[str]) -> None:
+    args = (
         "run_dir=/nonexistent/run",  # never reached: the settings are checked first
         "generate.temperature=1e-40",
         "generate.top_k=0",
@@ -133,15 +150,14 @@ def test_bad_request_defaults_are_one_error_line_before_loading(serve_process: t
         "max_waiting=0",
         "dtype=fp16",
     )
-    assert server.process.wait(timeout=120) == 2
-    line = server.wait_for(r"^error: ")
-    assert line.string.strip() == (
+    done = run_in_process("serve", main, args, capsys)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (
         "error: max_waiting=0: use a positive number of requests, or null (no limit); "
         "dtype=fp16: use fp32 or bf16; generate.temperature=1e-40: use 0 (greedy) or a value in [0.01, 2.0]; "
         "generate.top_k=0: use a positive integer up to the vocabulary size 50257, or null (all tokens); "
-        "generate.top_p=1.5: use a value in (0, 1], or null (1: all tokens)"
+        "generate.top_p=1.5: use a value in (0, 1], or null (1: all tokens)\n"
     )
-    assert len([x for x in server.output if x.strip()]) == 1
 
 
 def test_serving_beyond_loopback_without_a_key_warns(
