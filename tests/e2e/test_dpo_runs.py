@@ -94,11 +94,11 @@ def test_dpo_run_from_an_instruction_run(
 
 @pytest.mark.slow
 def test_lora_dpo_saves_adapters_and_loads_back_on_its_instruction_model(
-    tmp_path: Path, run_train, quickstart_run: Path, pairs: Path
+    tmp_path: Path, command_in_process, quickstart_run: Path, pairs: Path
 ) -> None:
     run_dir = tmp_path / "lora"
-    done = run_train(
-        *dpo(pairs, quickstart_run, run_dir, *SHORT, "task.lora.r=4", "generate.max_new_tokens=8")
+    done = command_in_process(
+        "train", *dpo(pairs, quickstart_run, run_dir, *SHORT, "task.lora.r=4", "generate.max_new_tokens=8")
     )
     assert done.returncode == 0, done.stderr[-3000:]
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
@@ -114,8 +114,9 @@ def test_lora_dpo_saves_adapters_and_loads_back_on_its_instruction_model(
 
 @pytest.mark.slow
 def test_interrupted_precomputed_run_resumes_to_the_uninterrupted_weights(
-    tmp_path: Path, run_train, quickstart_run: Path, pairs: Path
+    tmp_path: Path, run_train, command_in_process, quickstart_run: Path, pairs: Path
 ) -> None:
+    """The cut run is a process (SIGKILL); the whole and the resumed runs run in-process."""
     run = (
         "trainer=cpu",
         "trainer.max_epochs=2",  # 12 batches an epoch (102 pairs, batches of 8)
@@ -124,7 +125,7 @@ def test_interrupted_precomputed_run_resumes_to_the_uninterrupted_weights(
         "callbacks.validation_samples=null",
         "callbacks.last_checkpoint.every_n_train_steps=10",
     )
-    whole = run_train(*dpo(pairs, quickstart_run, tmp_path / "whole", *run))
+    whole = command_in_process("train", *dpo(pairs, quickstart_run, tmp_path / "whole", *run))
     assert whole.returncode == 0, whole.stderr[-3000:]
     interrupt = (
         "+callbacks.interrupt._target_=train_interrupts.SignalAt",
@@ -137,7 +138,7 @@ def test_interrupted_precomputed_run_resumes_to_the_uninterrupted_weights(
     last = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 20 and set(last["reference_logps"]) == {"train", "val", "test"}
 
-    resumed = run_train(f"resume={tmp_path / 'cut'}", "++callbacks.interrupt=null")
+    resumed = command_in_process("train", f"resume={tmp_path / 'cut'}", "++callbacks.interrupt=null")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True)
     got = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -151,10 +152,11 @@ def test_interrupted_precomputed_run_resumes_to_the_uninterrupted_weights(
 
 @pytest.mark.slow
 def test_ddp_dpo_matches_one_process_on_an_uneven_split(
-    tmp_path: Path, run_train, quickstart_run: Path, pairs: Path
+    tmp_path: Path, run_train, command_in_process, quickstart_run: Path, pairs: Path
 ) -> None:
     """102 train pairs: 12 global batches of 8 and 6 left over; two ranks of 4 see one process's batches
-    of 8 and log the mean over both. The precomputed reference is computed on each rank."""
+    of 8 and log the mean over both. The precomputed reference is computed on each rank. (The one-process
+    run runs in-process; the two ranks are processes.)"""
     common = (
         "trainer.max_epochs=1",
         "++trainer.max_steps=5",
@@ -164,8 +166,8 @@ def test_ddp_dpo_matches_one_process_on_an_uneven_split(
         "generate.enabled=false",
         "callbacks.validation_samples=null",
     )
-    one = run_train(
-        *dpo(pairs, quickstart_run, tmp_path / "one", *common, "trainer=cpu", "data.batch_size=8")
+    one = command_in_process(
+        "train", *dpo(pairs, quickstart_run, tmp_path / "one", *common, "trainer=cpu", "data.batch_size=8")
     )
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_train(
@@ -184,11 +186,11 @@ def test_ddp_dpo_matches_one_process_on_an_uneven_split(
 
 @pytest.mark.slow
 def test_bf16_with_clipping_starts_at_ln2_and_trains(
-    tmp_path: Path, run_train, quickstart_run: Path, pairs: Path
+    tmp_path: Path, command_in_process, quickstart_run: Path, pairs: Path
 ) -> None:
     overrides = ("trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1.0", "optimizer.lr=1e-3")
-    done = run_train(
-        *dpo(pairs, quickstart_run, tmp_path / "bf16", *SHORT, *overrides, "generate.enabled=false")
+    done = command_in_process(
+        "train", *dpo(pairs, quickstart_run, tmp_path / "bf16", *SHORT, *overrides, "generate.enabled=false")
     )
     assert done.returncode == 0, done.stderr[-3000:]
     losses = scalars(tmp_path / "bf16")["train/loss"]

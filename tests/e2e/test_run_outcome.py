@@ -9,22 +9,21 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from command_lines import run_in_process
 
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule
 from gpt_finetune.tasks.instruct import InstructionTuning
-from gpt_finetune.train import main
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ("experiment=quickstart", "generate.enabled=false")
 
 
 @pytest.fixture
-def train(run_train):
-    """`train(run_dir, *overrides)`: a quickstart `train.py` run that must succeed; its metrics.json."""
+def train(command_in_process):
+    """`train(run_dir, *overrides)`: a quickstart `train.py` run (in-process) that must succeed; its
+    metrics.json."""
 
     def train_run(run_dir: Path, *overrides: str) -> dict:
-        done = run_train(*FAST, f"hydra.run.dir={run_dir}", *overrides)
+        done = command_in_process("train", *FAST, f"hydra.run.dir={run_dir}", *overrides)
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads((run_dir / "metrics.json").read_text())
 
@@ -60,12 +59,9 @@ def test_test_on_last_tests_the_final_weights_not_the_best(tmp_path: Path, train
 
 
 def test_a_run_ending_before_its_first_validation_validates_its_final_weights_once(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, train
 ) -> None:
-    args = (*FAST, f"hydra.run.dir={tmp_path}", "trainer.max_steps=3", "callbacks=none", "logger=none")
-    done = run_in_process("train", main, args, capsys)  # the command, without a process's imports
-    assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = train(tmp_path, "trainer.max_steps=3", "callbacks=none", "logger=none")
     assert metrics["global_step"] == 3
     assert math.isfinite(metrics["best_val/loss"]) and metrics["best_val/loss"] == metrics["val/loss"]
 

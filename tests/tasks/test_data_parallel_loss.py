@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -64,9 +67,10 @@ def test_accumulation_gives_the_gradients_of_the_whole_batch_token_mean(quiet_tr
     assert not torch.allclose(grad, whole["model.transformer.ln_f.weight"], rtol=1e-3)
 
 
-def train_losses(run_train, tmp_path: Path, name: str, *overrides: str) -> list[float]:
+def train_losses(run: Callable[..., Any], tmp_path: Path, name: str, *overrides: str) -> list[float]:
+    """The train/loss curve of a short quickstart run by `run(*args)` (a process, or in-process)."""
     run_dir = tmp_path / name
-    done = run_train(
+    done = run(
         "experiment=quickstart",
         "trainer.max_steps=4",
         "trainer.val_check_interval=4",
@@ -81,8 +85,9 @@ def train_losses(run_train, tmp_path: Path, name: str, *overrides: str) -> list[
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path: Path, run_train) -> None:
-    single = train_losses(run_train, tmp_path, "single", "trainer=cpu", "data.batch_size=8")
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path: Path, run_train, command_in_process) -> None:
+    in_process = functools.partial(command_in_process, "train")  # the two ranks are processes
+    single = train_losses(in_process, tmp_path, "single", "trainer=cpu", "data.batch_size=8")
     ddp = train_losses(run_train, tmp_path, "ddp", "trainer=ddp_cpu", "data.batch_size=4")
     assert len(single) == len(ddp) == 4
     for a, b in zip(single, ddp, strict=True):
