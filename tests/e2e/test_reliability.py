@@ -14,7 +14,6 @@ from typing import IO
 import lightning as L
 import pytest
 import torch
-from command_lines import run_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gpt_finetune.callbacks.loss_guard import LossGuard
@@ -22,7 +21,6 @@ from gpt_finetune.config import bundled_path
 from gpt_finetune.data.instruct_datamodule import InstructionDataModule
 from gpt_finetune.errors import UserError
 from gpt_finetune.tasks.instruct import InstructionTuning
-from gpt_finetune.train import main
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = [
@@ -167,11 +165,11 @@ class PoisonAtStep(L.Callback):
 
 
 def test_a_run_stopping_before_its_first_validation_keeps_one_current_last_checkpoint(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, command_in_process
 ) -> None:
     # Early stopping must not demand val/loss, and Lightning's save_last must not add last-v1.ckpt.
     overrides = ("trainer.max_steps=3", "callbacks.last_checkpoint.every_n_train_steps=50")
-    done = run_in_process("train", main, (*RUN, f"hydra.run.dir={tmp_path / 'run'}", *overrides), capsys)
+    done = command_in_process("train", *RUN, f"hydra.run.dir={tmp_path / 'run'}", *overrides)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["last.ckpt"]
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)

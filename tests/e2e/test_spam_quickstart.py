@@ -7,10 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from command_lines import run_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from gpt_finetune.train import main
 
 ROOT = Path(__file__).resolve().parents[2]
 # Any download attempt would go through a closed local port and fail: the run must not need one.
@@ -94,14 +91,12 @@ def test_predict_prints_a_label_and_probability_per_text(run_dir: Path, tmp_path
     assert not list(ROOT.glob("predict.log")) and not (ROOT / ".hydra").exists()  # predict writes nothing
 
 
-def test_bad_label_exits_2_naming_file_line_and_fix(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_label_exits_2_naming_file_line_and_fix(tmp_path: Path, command_in_process) -> None:
     data = tmp_path / "bad.tsv"
     data.write_text("ham\tsee you soon\nspam\tWIN now\nspma\tclaim your prize\n")
     overrides = ("experiment=spam-quickstart", f"data.path={data}", "logger=none", "trainer.max_epochs=1")
     # In-process (test_cli_errors runs a data file's error as a process): the command without the imports.
-    done = run_in_process("train", main, (*overrides, f"hydra.run.dir={tmp_path / 'run'}"), capsys)
+    done = command_in_process("train", *overrides, f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr + done.stdout
     last = [line for line in done.stderr.splitlines() if line.strip()][-1]

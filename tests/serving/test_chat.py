@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from command_lines import run_in_process
 from hydra import compose, initialize_config_dir
 
-from gpt_finetune.chat import PROMPT, main
+from gpt_finetune.chat import PROMPT
 from gpt_finetune.predict import literal_text_argv
 from gpt_finetune.serving.conversation import prompt_tokens, stop_strings
 from gpt_finetune.serving.loading import UsableModel, load_model
@@ -116,12 +115,12 @@ def run_chat(*args: str, input: str | None = None) -> subprocess.CompletedProces
 
 
 @pytest.fixture
-def chat_in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+def chat_in_process(command_in_process, monkeypatch: pytest.MonkeyPatch) -> Any:
     """`chat_in_process(*args, input=...)`: `run_chat`'s result from chat's `main` in this process."""
 
     def run(*args: str, input: str = "") -> subprocess.CompletedProcess[str]:
         monkeypatch.setattr(sys, "stdin", io.StringIO(input))
-        return run_in_process("chat", main, args, capsys)
+        return command_in_process("chat", *args)
 
     return run
 

@@ -1,7 +1,7 @@
 """`python serve.py` as a user runs it: the URL line, the openai client, SIGTERM / Ctrl-C end it cleanly.
 
 The settings' refusals, which come before the server starts, run serve's `main` in this process
-(`run_in_process`: the same exit code and output, without a process's seconds of imports).
+(`command_in_process`: the same exit code and output, without a process's seconds of imports).
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from command_lines import run_in_process
 from openai import OpenAI
 
-from gpt_finetune.serve import main
 from gpt_finetune.serving.conversation import render_messages
 from gpt_finetune.serving.loading import load_model
 from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
@@ -116,32 +114,30 @@ def test_serve_py_answers_the_openai_client_and_stops_cleanly(
 
 
 def test_a_missing_key_variable_is_one_error_line(
-    quickstart_run: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    quickstart_run: Path, command_in_process, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("GPTF_NO_SUCH_VARIABLE", raising=False)
     args = (f"run_dir={quickstart_run}", "port=0", "api_key_env=GPTF_NO_SUCH_VARIABLE")
-    done = run_in_process("serve", main, args, capsys)
+    done = command_in_process("serve", *args)
     assert done.returncode == 2 and done.stdout == ""
     assert re.fullmatch(
         r"error: api_key_env=GPTF_NO_SUCH_VARIABLE: the environment variable .* is not set.*\n", done.stderr
     )
 
 
-def test_a_taken_port_is_one_error_line(quickstart_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_taken_port_is_one_error_line(quickstart_run: Path, command_in_process) -> None:
     with socket.socket() as taken:  # as another server holds it
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = run_in_process(
-            "serve", main, (f"run_dir={quickstart_run}", f"port={port}", "device=cpu"), capsys
-        )
+        done = command_in_process("serve", f"run_dir={quickstart_run}", f"port={port}", "device=cpu")
     assert done.returncode == 2 and done.stdout == ""
     assert re.fullmatch(
         rf"error: cannot listen on 127\.0\.0\.1:{port} .*pass another port=N.*\n", done.stderr
     )
 
 
-def test_bad_request_defaults_are_one_error_line_before_loading(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_request_defaults_are_one_error_line_before_loading(command_in_process) -> None:
     args = (
         "run_dir=/nonexistent/run",  # never reached: the settings are checked first
         "generate.temperature=1e-40",
@@ -150,7 +146,7 @@ def test_bad_request_defaults_are_one_error_line_before_loading(capsys: pytest.C
         "max_waiting=0",
         "dtype=fp16",
     )
-    done = run_in_process("serve", main, args, capsys)
+    done = command_in_process("serve", *args)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == (
         "error: max_waiting=0: use a positive number of requests, or null (no limit); "
