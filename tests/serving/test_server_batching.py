@@ -38,6 +38,14 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) ->
         time.sleep(0.01)
 
 
+async def until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """`wait_until` inside an event loop: its other tasks (the requests) go on meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.01)
+
+
 async def complete(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
     """One completion, streamed or not, as {"text", "finish_reason", "completion_tokens"}."""
     if not body.get("stream"):
@@ -174,16 +182,15 @@ def test_a_request_joining_mid_decode_answers_as_it_would_alone(serve: Serve) ->
     expected = greedy(model, [first, second], 40)
     alone = greedy(model, [second], 12)
     gate = threading.Event()
-    gated(model.gpt, gate, after=6)  # the first request's prompt and 5 decoding steps
+    calls = gated(model.gpt, gate, after=6)  # the first request's prompt and 5 decoding steps
 
     async def send(url: str, batcher: Batcher) -> list[dict[str, Any]]:
         async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as c:
             a = asyncio.create_task(complete(c, {"prompt": first, "max_tokens": 40}))
-            while batcher.steps < 5:
-                await asyncio.sleep(0.01)
+            # The worker waits in its 6th decoding step: the second request cannot be admitted before.
+            await until(lambda: calls[0] > 6, "the first request is mid-decode")
             b = asyncio.create_task(complete(c, {"prompt": second, "max_tokens": 12}))
-            while batcher.waiting() < 1:
-                await asyncio.sleep(0.01)
+            await until(lambda: batcher.waiting() == 1, "the second request waits")
             gate.set()
             return await asyncio.wait_for(asyncio.gather(a, b), TIMEOUT)
 
