@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpt_finetune.data.prompts import format_prompt
 from gpt_finetune.export.gguf_file import write_gguf
@@ -41,7 +42,10 @@ def test_llama_cpp_gives_our_greedy_answers_and_stops_at_end_of_text(
     ended = [i for i, tokens in enumerate(ours) if tokens[-1:] == [END_OF_TEXT]][:ANSWERS]
     assert len(ended) == ANSWERS  # the trained quickstart ends its answers (README: 12 of 12)
     llm = llama_cpp.Llama(
-        model_path=str(path), n_ctx=usable.gpt.config.context_length, n_threads=2, verbose=False
+        model_path=str(path),
+        n_ctx=usable.gpt.config.context_length,
+        n_threads=torch.get_num_threads(),
+        verbose=False,
     )
     same = 0
     for i in ended:

@@ -28,11 +28,12 @@ TEXT = "Below is an instruction.\n\n### Instruction:\nSay hello in French, count
 # build); the test skips when neither imports llama_cpp (CI has none).
 LLAMA_PYTHON = os.environ.get("LLAMA_PYTHON", sys.executable)
 LLAMA_GREEDY = """
-import json, sys
+import json, os, sys
 import llama_cpp
 
 path, prompt, steps = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+threads = int(os.environ.get("OMP_NUM_THREADS", 2))  # a pytest worker's share of the cores
+llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_threads=threads, logits_all=True, verbose=False)
 llm.eval(prompt)
 logits = [[float(x) for x in row] for row in llm.scores[: llm.n_tokens]]
 tokens = []

@@ -1,7 +1,7 @@
 """`python chat.py` as a user runs it: on a pseudo-terminal, with lines piped in, and with `prompt=`.
 
-Where the property is the command's, not the process's (a conversation's forgetting, one answer of a
-classifier, the settings' errors), `chat_in_process` runs the command's `main` on the composed config
+Where the property is the command's, not the process's (a conversation's forgetting, a classifier's
+answers, the settings' errors), `chat_in_process` runs the command's `main` on the composed config
 instead, with the same stdin, stdout, stderr and exit code: a process costs seconds of imports.
 Expected answers come from `GPT.generate` on the same checkpoint in this process. The tiny quickstart
 model answers greedily with newlines only, so the tests that must tell conversations apart sample with
@@ -363,7 +363,7 @@ def test_a_classification_run_classifies_each_line(classify_run: Path, chat_in_p
     assert used.classifier is not None
     probs = used.classifier.predict_proba(texts)
     lines = [f"{used.labels[int(p.argmax())]}\t{float(p.max()):.4f}" for p in probs]
-    done = run_chat(f"run_dir={classify_run}", input=f"{texts[0]}\n/temperature 1\n{texts[1]}\n")
+    done = chat_in_process(f"run_dir={classify_run}", input=f"{texts[0]}\n/temperature 1\n{texts[1]}\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == lines
     assert "/temperature is for instruction runs" in done.stderr

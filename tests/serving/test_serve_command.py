@@ -85,20 +85,27 @@ def serve_process() -> Iterator[type[ServeProcess]]:
         process.kill()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    ("signum", "host", "key"), [(signal.SIGTERM, "127.0.0.1", "k3y"), (signal.SIGINT, "0.0.0.0", None)]
+)
 def test_serve_py_answers_the_openai_client_and_stops_cleanly(
-    quickstart_run: Path, serve_process: type[ServeProcess], signum: int
+    quickstart_run: Path, serve_process: type[ServeProcess], signum: int, host: str, key: str | None
 ) -> None:
+    """With a key on loopback; and without one beyond it, which it warns about before it serves."""
     server = serve_process(
         f"run_dir={quickstart_run}",
+        f"host={host}",
         "port=0",
         "device=cpu",
-        "api_key_env=GPTF_TEST_KEY",
+        *(["api_key_env=GPTF_TEST_KEY"] if key else []),
         "generate.max_new_tokens=12",
-        env={"GPTF_TEST_KEY": "k3y"},
+        env={"GPTF_TEST_KEY": key} if key else {},
     )
-    url = server.wait_for(r"at (http://127\.0\.0\.1:\d+/)").group(1)
-    client = OpenAI(base_url=f"{url}v1", api_key="k3y", max_retries=0, timeout=120)
+    if key is None:
+        warning = server.wait_for(r"^warning: ").string
+        assert f"host={host} serves beyond this machine with no key" in warning and "api_key_env" in warning
+    port = server.wait_for(rf"at http://{re.escape(host)}:(\d+)/").group(1)
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key or "-", max_retries=0, timeout=120)
     messages = [{"role": "user", "content": "Give me a synonym for quick."}]
     done = client.chat.completions.create(model=quickstart_run.name, messages=messages)  # type: ignore[arg-type]
 
@@ -154,12 +161,3 @@ def test_bad_request_defaults_are_one_error_line_before_loading(command_in_proce
         "generate.top_k=0: use a positive integer up to the vocabulary size 50257, or null (all tokens); "
         "generate.top_p=1.5: use a value in (0, 1], or null (1: all tokens)\n"
     )
-
-
-def test_serving_beyond_loopback_without_a_key_warns(
-    quickstart_run: Path, serve_process: type[ServeProcess]
-) -> None:
-    server = serve_process(f"run_dir={quickstart_run}", "host=0.0.0.0", "port=0", "device=cpu")
-    warning = server.wait_for(r"^warning: ")
-    assert "host=0.0.0.0 serves beyond this machine with no key" in warning.string
-    assert "api_key_env" in warning.string
