@@ -36,7 +36,8 @@ def share_cores_between_workers() -> None:
     on 2 cores, the resume tests with `-n 2`: 3:45 at 2 threads each, 2:30 at 1)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)  # the processes the tests start
         torch.set_num_threads(threads)
 
