@@ -178,3 +178,12 @@ def test_a_repo_is_read_from_its_only_data_file_or_its_train_split() -> None:
     message = user_error(data_files, ["a.jsonl", "b.jsonl"], repo)
     assert "holds 2 data files and no train split (a.jsonl, b.jsonl)" in message
     assert "data.path=hf://datasets/me/chats/a.jsonl" in message
+
+
+def test_column_names_that_would_break_the_line_are_quoted(tmp_path: Path) -> None:
+    # hypothesis found a JSONL record {"\n": false} whose error spread over two lines
+    path = write(tmp_path / "data.jsonl", [{"\n": False, "": 1, " a": 2, "question": "q"}])
+    assert user_error(load_records, path) == (
+        f"{path}: line 1 has no 'instruction' field; every record needs instruction and output "
+        "(its columns: '\\n', '', ' a', question); name yours with data.fields={instruction: COLUMN}"
+    )
