@@ -10,7 +10,6 @@ import functools
 import importlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from child_signals import default_signal_handlers
 from command_lines import run_in_process, train_in_process
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -56,12 +56,6 @@ QUICKSTART = (
     "generate.max_new_tokens=8",
 )
 Train = Callable[..., subprocess.CompletedProcess]
-
-
-def default_signal_handlers() -> None:
-    """Give a child a terminal user's SIGINT and SIGTERM dispositions (background shells ignore SIGINT)."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_DFL)
 
 
 def train(

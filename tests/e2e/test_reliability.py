@@ -14,6 +14,7 @@ from typing import IO
 import lightning as L
 import pytest
 import torch
+from child_signals import default_signal_handlers
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gpt_finetune.callbacks.loss_guard import LossGuard
@@ -38,12 +39,6 @@ STEPS_PER_EPOCH = 12  # 102 training records of the bundled sample, batches of 8
 def train(run_train):
     """`train(run_dir, *overrides)`: the reliability run (`RUN`) into `run_dir`."""
     return lambda run_dir, *overrides: run_train(*RUN, f"hydra.run.dir={run_dir}", *overrides)
-
-
-def default_signal_handlers() -> None:
-    """Give the child a terminal user's SIGINT and SIGTERM dispositions (background shells ignore SIGINT)."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_DFL)
 
 
 def start_and_wait_for_checkpoint(

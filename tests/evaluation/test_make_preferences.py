@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from child_signals import default_signal_handlers
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -255,7 +256,7 @@ def shim(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "make_preferences.py", *args], cwd=ROOT, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=default_signal_handlers,
     )  # fmt: skip
 
 

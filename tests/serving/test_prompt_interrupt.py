@@ -9,11 +9,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from child_signals import default_signal_handlers
+
 PROGRAM = """
 import signal, sys, threading, time
 from gpt_finetune.serving.prompt_interrupt import interruptible_prompt
 
-def worker():  # a library's thread that takes the terminal's SIGINT
+def worker():  # a library's thread that takes the terminal's SIGINT, once the prompt waits
+    while not any(thread.name == "sigint-to-main" for thread in threading.enumerate()):
+        time.sleep(0.01)  # (a SIGINT before the block starts is not what this tests)
     time.sleep(0.3)
     signal.pthread_kill(threading.get_ident(), signal.SIGINT)
     time.sleep(60)
@@ -28,7 +32,10 @@ except KeyboardInterrupt:
 
 
 def test_sigint_taken_by_another_thread_interrupts_the_prompt() -> None:
-    process = subprocess.Popen([sys.executable, "-c", PROGRAM], stdin=subprocess.PIPE)  # stdin stays open
+    # stdin stays open; SIGINT as a terminal user has it (a background shell, as CI may be, ignores it)
+    process = subprocess.Popen(
+        [sys.executable, "-c", PROGRAM], stdin=subprocess.PIPE, preexec_fn=default_signal_handlers
+    )
     try:
         assert process.wait(timeout=30) == 130
     finally:
