@@ -18,6 +18,7 @@ import torch
 from gpt_finetune.model import GPT, GPTConfig
 from gpt_finetune.serving import rows
 from gpt_finetune.serving.batching import Batcher
+from gpt_finetune.serving.jobs import Job
 from gpt_finetune.serving.loading import UsableModel, cast_for_decoding
 from gpt_finetune.tokenizer import END_OF_TEXT, gpt2_tokenizer
 
@@ -132,6 +133,20 @@ def gated(model: GPT, gate: threading.Event, after: int = 1) -> list[int]:
     return calls
 
 
+def submitted(batcher: Batcher) -> list[Job]:
+    """The jobs handed to `batcher` from now on (a job cancelled before the worker reaches its gate leaves
+    `batcher.running` at once: tests look for the job itself)."""
+    jobs: list[Job] = []
+    submit = batcher.submit
+
+    def record(job: Job) -> None:
+        jobs.append(job)
+        submit(job)
+
+    batcher.submit = record  # type: ignore[method-assign]
+    return jobs
+
+
 def fresh_model(seed: int = 0) -> UsableModel:
     """A tiny random model of its own (tests that patch the model must not touch the shared one)."""
     torch.manual_seed(seed)
@@ -145,10 +160,11 @@ def test_a_client_that_disconnects_has_its_row_stopped(serve: Serve) -> None:
     gated(model.gpt, gate)
     with serve(model) as (url, app), httpx.Client(base_url=url, timeout=TIMEOUT) as client:
         batcher: Batcher = app.state.batcher
+        jobs = submitted(batcher)
         body = {"prompt": "Tell me a long story", "max_tokens": 200, "stream": True}
         with client.stream("POST", "/v1/completions", json=body) as answer:
             assert next(answer.iter_lines()).startswith("data: ")  # the first token arrived
-        wait_until(lambda: bool(batcher.running) and batcher.running[0].cancelled, "the server saw it")
+        wait_until(lambda: jobs[0].cancelled, "the server saw it")
         gate.set()
         wait_until(lambda: batcher.finished_jobs == 1, "the row stopped")
         assert batcher.cancelled_rows == 1
@@ -162,11 +178,12 @@ def test_a_non_streaming_client_that_hangs_up_has_its_row_stopped(serve: Serve) 
     gated(model.gpt, gate, after=4)  # the prompt and 3 steps, then the worker waits
     with serve(model) as (url, app):
         batcher: Batcher = app.state.batcher
+        jobs = submitted(batcher)
         body = {"prompt": "Tell me a long story", "max_tokens": 200}
         with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
             httpx.post(f"{url}/v1/completions", json=body, timeout=1.5)
-        wait_until(lambda: bool(batcher.running) and batcher.running[0].cancelled, "the server saw it")
-        job = batcher.running[0]
+        wait_until(lambda: bool(jobs) and jobs[0].cancelled, "the server saw it")
+        job = jobs[0]
         gate.set()
         wait_until(lambda: batcher.finished_jobs == 1, "the row left the batch")
         decoded = job.decoded
