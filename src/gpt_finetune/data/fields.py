@@ -40,11 +40,13 @@ def renamed(item: Any, fields: Mapping[str, str], source: str, where: str) -> An
 
 
 def columns_of(item: Mapping[str, Any]) -> str:
-    """` (its columns: a, b, c)` for a message about a record's fields; a name that would not show
-    plainly on one line (empty, a line break, edge spaces) is quoted with its escapes."""
-    names = [
-        plain if (plain := str(key)).isprintable() and plain.strip() == plain and plain else repr(plain)
-        for key in item
-    ]
+    """` (its columns: a, b, c)` for a message about a record's fields."""
+    names = [shown_column(str(key)) for key in item]
     shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
     return f" (its columns: {shown})" if names else " (it has no columns)"
+
+
+def shown_column(name: str) -> str:
+    """`name` as it is, or quoted with its escapes where it would not show plainly in a one-line message
+    (empty, a line break, edge spaces)."""
+    return name if name and name.isprintable() and name == name.strip() else repr(name)
